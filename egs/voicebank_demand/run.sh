@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# VoiceBank-DEMAND (28 speakers, Valentini-Botinhao et al. 2016): download and verify the corpus,
+# data dirs at 16 and 48 kHz, training, enhancement of the test set, scoring into
+# <expdir>/<tag>/RESULTS.md. See README.md for the published numbers to compare with.
+#   e.g.: ./run.sh --vbd_root /corpora/VoiceBank-DEMAND              # FRCRN_SE_16K, stages 0-5
+#         ./run.sh --network MossFormer2_SE_48K --ngpu 1             # trained on the 48 kHz data
+#         ./run.sh --init FRCRN_SE_16K/last_best_checkpoint.pt --tag FRCRN_SE_16K_ft  # fine-tune
+#         ./run.sh --train_list tr.scp --valid_list cv.scp           # ClearVoice lists, no corpus prep
+# Stages: 0 download (or verify --vbd_root), 1 data dirs, 2 validate them, 3 train, 4 enhance the
+# test set, 5 score it. A finished stage leaves a .done marker holding its inputs and is skipped
+# when run again with the same inputs; an interrupted training resumes from its last checkpoint.
+# Relative paths in options are relative to this directory.
+set -euo pipefail
+
+. "$(dirname "$0")/../../path.sh"
+. "$SE_ROOT/cmd.sh"
+. "$(dirname "$0")/db.sh"
+
+stage=0                 # first stage to run
+stop_stage=5            # last stage to run
+network=FRCRN_SE_16K    # FRCRN_SE_16K or MossFormerGAN_SE_16K (16 kHz data), MossFormer2_SE_48K (48 kHz)
+vbd_root=$VBD_ROOT      # an unpacked copy of the corpus (default from db.sh); empty: download it
+download_dir=downloads/VoiceBank-DEMAND  # where stage 0 downloads and unpacks the corpus
+expected_train=11572    # wav files in each training folder (noisy and clean)
+expected_test=824       # wav files in each test folder (noisy and clean)
+valid_speakers="p226 p287"  # training speakers held out as the validation set
+train_list=             # ClearVoice 2-column list (noisy.wav clean.wav) for training, instead of stages 0-1
+valid_list=             # ClearVoice list for validation (with --train_list)
+test_list=              # ClearVoice list for testing (optional; default: the corpus test set)
+datadir=data            # data dirs: <datadir>/<16k|48k>/<train|valid|test>
+dumpdir=dump            # 16 kHz copies of the corpus made by stage 1
+expdir=exp              # experiments: <expdir>/<tag>
+nj=4                    # parallel jobs for resampling, enhancement and scoring
+ngpu=0                  # GPUs for training (0 = CPU)
+init=                   # fine-tune from this checkpoint (a ClearVoice release file or one of ours)
+tag=                    # experiment name; default <network>
+train_args=             # more se.bin.train options (shell quoting), e.g. "--max_epoch 20 --batch_size 8"
+metrics=all             # scoring metrics (se.bin.score --metrics), e.g. "pesq_wb stoi si_sdr"
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
+printf -v run_cmdline '%q ' "$0" "$@"
+help_message="Usage: $0 [options]
+e.g.: $0 --vbd_root /corpora/VoiceBank-DEMAND --network FRCRN_SE_16K --ngpu 1"
+. "$SE_ROOT/steps/parse_options.sh"
+cd "$(dirname "$0")"
+
+conf=conf/train_${network}.yaml
+[ -f "$conf" ] || { log "no $conf: networks with a config are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | xargs)"; exit 1; }
+fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
+data=$datadir/$((fs / 1000))k   # the network's rate: 16k or 48k
+[ -n "$tag" ] || tag=$network
+exp=$expdir/$tag
+corpus=${vbd_root:-$download_dir}
+
+# ClearVoice lists replace the corpus for training and validation, and also for testing when
+# --test_list is given; otherwise the test set still comes from the corpus.
+use_lists=false
+need_corpus=true
+if [ -n "$train_list$valid_list$test_list" ]; then
+  [ -n "$train_list" ] && [ -n "$valid_list" ] || { log "--train_list and --valid_list go together"; exit 1; }
+  use_lists=true
+  [ -z "$test_list" ] || need_corpus=false
+fi
+if $use_lists; then rates=$fs; else rates="16000 48000"; fi
+
+# stage_done MARKER SIGNATURE: true when MARKER holds SIGNATURE, i.e. that stage already ran on
+# these inputs. mark_done MARKER SIGNATURE writes it.
+stage_done() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+mark_done() { mkdir -p "$(dirname "$1")"; printf '%s\n' "$2" > "$1"; }
+corpus_sig="corpus=$corpus expected=$expected_train/$expected_test"
+data_sig="$corpus_sig valid_speakers=$valid_speakers rates=$rates lists=$train_list:$valid_list:$test_list"
+# the best checkpoint: its pointer file's time and content
+checkpoint_sig() { echo "$(stat -c %Y "$exp/last_best_checkpoint") $(head -n 1 "$exp/last_best_checkpoint")"; }
+
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  log "Stage 0: get and verify the corpus in $corpus"
+  if ! $need_corpus; then
+    log "nothing to do: --train_list, --valid_list and --test_list replace the corpus"
+  elif stage_done "$datadir/.stage0.done" "$corpus_sig"; then
+    log "$corpus was verified already, skipping ($datadir/.stage0.done)"
+  else
+    if [ -n "$vbd_root" ]; then
+      python "$SE_ROOT/local/prepare_voicebank_demand.py" check-layout \
+        --expected-train "$expected_train" --expected-test "$expected_test" "$vbd_root"
+    else
+      "$SE_ROOT/local/download_voicebank_demand.sh" \
+        --expected-train "$expected_train" --expected-test "$expected_test" "$download_dir"
+    fi
+    mark_done "$datadir/.stage0.done" "$corpus_sig"
+  fi
+fi
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  log "Stage 1: data dirs in $datadir/{16k,48k}/{train,valid,test}"
+  if stage_done "$datadir/.stage1.done" "$data_sig"; then
+    log "the data dirs are prepared already, skipping ($datadir/.stage1.done)"
+  else
+    if $need_corpus && ! stage_done "$datadir/.stage0.done" "$corpus_sig"; then
+      log "$corpus is not verified; run stage 0 first"
+      exit 1
+    fi
+    rm -f "$datadir/.stage2.done"
+    if $use_lists; then
+      declare -A lists=([train]=$train_list [valid]=$valid_list [test]=$test_list)
+      for set in train valid test; do
+        [ -z "${lists[$set]}" ] \
+          || python -m se.bin.make_data_dir --clearvoice-list "${lists[$set]}" --out "$data/$set" --fs "$fs"
+      done
+    fi
+    if $need_corpus; then
+      if $use_lists; then sets=test; else sets="train valid test"; fi
+      python "$SE_ROOT/local/prepare_voicebank_demand.py" prepare "$corpus" --out-dir "$datadir" \
+        --dump-dir "$dumpdir" --valid-speakers "$valid_speakers" --rates "$rates" --sets "$sets" --nj "$nj"
+    fi
+    mark_done "$datadir/.stage1.done" "$data_sig"
+  fi
+fi
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  log "Stage 2: validate the data dirs"
+  if stage_done "$datadir/.stage2.done" "$data_sig"; then
+    log "the data dirs were validated already, skipping ($datadir/.stage2.done)"
+  else
+    stage_done "$datadir/.stage1.done" "$data_sig" || { log "the data dirs are not prepared; run stage 1 first"; exit 1; }
+    for rate in $rates; do
+      python -m se.bin.validate_data_dir "$datadir/$((rate / 1000))k"/{train,valid,test} --fs "$rate"
+    done
+    mark_done "$datadir/.stage2.done" "$data_sig"
+  fi
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  log "Stage 3: train $network on $data/train in $exp"
+  for set in train valid; do
+    [ -f "$data/$set/wav.scp" ] || { log "$data/$set is missing; run stage 1 first"; exit 1; }
+  done
+  eval "extra=($train_args)"  # quotes in --train_args group words, as on a command line
+  [ -z "$init" ] || extra=(--init "$init" "${extra[@]}")
+  train_sig="$(cksum < "$conf") ${extra[*]} $data_sig"
+  if stage_done "$exp/.stage3.done" "$train_sig"; then
+    log "$exp is trained already with these settings, skipping ($exp/.stage3.done)"
+  else
+    rm -f "$exp/.stage3.done"
+    "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --config "$conf" \
+      --train-data "$data/train" --valid-data "$data/valid" --exp-dir "$exp" -- "${extra[@]}"
+    mark_done "$exp/.stage3.done" "$train_sig"
+  fi
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  log "Stage 4: enhance $data/test with the best checkpoint of $exp"
+  [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
+  [ -f "$data/test/wav.scp" ] || { log "$data/test is missing; run stage 1 first"; exit 1; }
+  enhance_sig="$(checkpoint_sig) $data_sig"
+  if stage_done "$exp/enhanced/test/.done" "$enhance_sig"; then
+    log "$exp/enhanced/test is up to date, skipping"
+  else
+    rm -f "$exp/enhanced/test/.done"  # the old outputs are replaced as the jobs go
+    "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/test" "$exp/enhanced/test"
+    mark_done "$exp/enhanced/test/.done" "$enhance_sig"
+  fi
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "Stage 5: score the noisy and enhanced test audio at $fs Hz; write $exp/RESULTS.md"
+  [ -f "$exp/enhanced/test/.done" ] || { log "no enhanced audio in $exp/enhanced/test; run stage 4 first"; exit 1; }
+  metrics=${metrics// /,}
+  for kind in noisy enhanced; do
+    if [ $kind = noisy ]; then est=$data/test/wav.scp; else est=$exp/enhanced/test/wav.scp; fi
+    score_sig="metrics=$metrics $(cat "$exp/enhanced/test/.done")"
+    [ $kind = enhanced ] || score_sig="metrics=$metrics $data_sig"  # the baseline needs no model
+    if stage_done "$exp/scores/test/$kind/.done" "$score_sig"; then
+      log "$exp/scores/test/$kind is up to date, skipping"
+      continue
+    fi
+    rm -f "$exp/scores/test/$kind/.done"
+    "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --fs "$fs" --metrics "$metrics" \
+      "$data/test/spk1.scp" "$est" "$exp/scores/test/$kind"
+    mark_done "$exp/scores/test/$kind/.done" "$score_sig"
+  done
+  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" --cmd "${run_cmdline% }"
+  cat "$exp/RESULTS.md"
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

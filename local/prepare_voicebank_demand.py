@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""VoiceBank-DEMAND (Valentini-Botinhao et al., 2016; 28-speaker set): verify, unpack, prepare.
+
+    local/prepare_voicebank_demand.py check-layout ROOT [--expected-train 11572 --expected-test 824]
+    local/prepare_voicebank_demand.py unpack ZIP ROOT --expected 11572
+    local/prepare_voicebank_demand.py prepare ROOT --out-dir data --dump-dir dump \
+        [--valid-speakers "p226 p287"] [--rates "16000 48000"] [--sets "train valid test"] [--nj 4]
+
+The corpus (Edinburgh DataShare, handle 10283/2791) unpacks into four folders of 48 kHz wavs
+named <speaker>_<number>.wav:
+
+    ROOT/clean_trainset_28spk_wav  ROOT/noisy_trainset_28spk_wav   11572 files each
+    ROOT/clean_testset_wav         ROOT/noisy_testset_wav            824 files each
+
+check-layout: the four folders exist, hold the expected numbers of wavs, and the noisy and clean
+folders of a set hold the same file names.
+unpack: tests the archive's integrity (CRC of every member) and counts its wavs BEFORE anything
+is extracted; extracts into ROOT/<archive name>/.
+prepare: data dirs (se.data.make_data_dir: noisy and clean matched by utterance id = file name,
+equal lengths checked) at every rate of --rates, in OUT_DIR/<16k|48k>/<train|valid|test>.
+VoiceBank-DEMAND has no validation set: the training utterances of --valid-speakers form
+``valid`` and are left out of ``train``. The native rate points at the corpus files; any other
+rate is resampled ONCE here (se.resample, soxr VHQ) in --nj processes into
+DUMP_DIR/<16k>/<corpus folder>/<utt>.wav. Finished files are kept, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import sys
+import time
+import zipfile
+from pathlib import Path, PurePosixPath
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from se.audio import AudioError, audio_info, read_audio, write_audio  # noqa: E402
+from se.resample import resample  # noqa: E402
+
+# se.data (and torch with it) is imported for `prepare` only: verifying and unpacking stay quick.
+
+log = logging.getLogger("prepare_voicebank_demand")
+
+URL = "https://datashare.ed.ac.uk/handle/10283/2791"
+# set -> (noisy folder, clean folder); each folder is also the name of its zip archive
+FOLDERS = {
+    "train": ("noisy_trainset_28spk_wav", "clean_trainset_28spk_wav"),
+    "test": ("noisy_testset_wav", "clean_testset_wav"),
+}
+EXPECTED = {"train": 11572, "test": 824}
+NATIVE_RATE = 48000
+
+
+class CorpusError(RuntimeError):
+    """The corpus on disk is missing, incomplete or damaged; the message says what to do."""
+
+
+def rate_tag(rate: int) -> str:
+    """16000 -> '16k' (the data dir / dump dir name of a rate)."""
+    return f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)
+
+
+def wav_names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.suffix.lower() == ".wav" and not p.name.startswith(".")}
+
+
+# ------------------------------------------------------------------------------------------
+# stage 0: verify and unpack
+# ------------------------------------------------------------------------------------------
+
+
+def check_layout(root: Path, expected: dict[str, int]) -> None:
+    """Raises CorpusError naming every folder that is missing or has the wrong file count."""
+    problems = []
+    for name, (noisy, clean) in FOLDERS.items():
+        names = {}
+        for folder in (noisy, clean):
+            path = root / folder
+            if not path.is_dir():
+                problems.append(f"{path}: folder not found")
+                continue
+            names[folder] = wav_names(path)
+            if len(names[folder]) != expected[name]:
+                problems.append(f"{path}: {len(names[folder])} wav files, expected {expected[name]}")
+        if len(names) == 2 and names[noisy] != names[clean]:
+            only = sorted(names[noisy] ^ names[clean])
+            problems.append(
+                f"{root / noisy} and {root / clean} hold different file names "
+                f"({len(only)} unmatched, e.g. {', '.join(only[:3])})"
+            )
+    if problems:
+        raise CorpusError(
+            f"{root} is not a complete VoiceBank-DEMAND (28 speakers) copy:\n  " + "\n  ".join(problems)
+            + f"\nIt needs the four folders of {URL} "
+            "(clean_trainset_28spk_wav, noisy_trainset_28spk_wav, clean_testset_wav, noisy_testset_wav)."
+        )
+
+
+def zip_wavs(archive: Path) -> list[zipfile.ZipInfo]:
+    """The wav members of ``archive`` after an integrity test of every member."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            bad = z.testzip()
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CorpusError(f"{archive}: not a readable zip archive ({exc}); delete it and download it again") from None
+    if bad is not None:
+        raise CorpusError(f"{archive}: member {bad} fails the CRC check; delete the archive and download it again")
+    wavs = []
+    for m in members:
+        path = PurePosixPath(m.filename)
+        if m.is_dir() or path.suffix.lower() != ".wav" or path.name.startswith(".") or "__MACOSX" in path.parts:
+            continue
+        wavs.append(m)
+    return wavs
+
+
+def unpack(archive: Path, root: Path, expected: int) -> Path:
+    """Verify ``archive`` (integrity, wav count), then extract its wavs into ROOT/<archive stem>/."""
+    folder = archive.name[: -len(".zip")] if archive.name.endswith(".zip") else archive.stem
+    wavs = zip_wavs(archive)
+    if len({PurePosixPath(m.filename).name for m in wavs}) != len(wavs):
+        raise CorpusError(f"{archive}: the same wav file name appears in several folders of the archive")
+    if len(wavs) != expected:
+        raise CorpusError(
+            f"{archive}: {len(wavs)} wav files, expected {expected}; not the 28-speaker archive of {URL}, "
+            "or a truncated download (delete it and download it again)"
+        )
+    out = root / folder
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("%s: %d wav files, integrity OK; extracting into %s", archive, len(wavs), out)
+    with zipfile.ZipFile(archive) as z:
+        for m in wavs:
+            # flatten whatever folder the archive uses; the utterance id is the file name
+            target = out / PurePosixPath(m.filename).name
+            tmp = target.with_name(f".{target.name}.tmp")
+            with z.open(m) as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            tmp.replace(target)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# stage 1: data dirs
+# ------------------------------------------------------------------------------------------
+
+
+def split_speakers(pairs: dict, valid_speakers: list[str], where: Path) -> tuple[dict, dict]:
+    """(train, valid): the utterances of ``valid_speakers`` (id prefix before '_') go to valid."""
+    speaker = {utt: utt.split("_", 1)[0] for utt in pairs}
+    missing = sorted(set(valid_speakers) - set(speaker.values()))
+    if missing:
+        raise CorpusError(
+            f"{where}: no utterances of the validation speaker(s) {', '.join(missing)}; speakers are "
+            f"{', '.join(sorted(set(speaker.values())))}"
+        )
+    valid = {u: p for u, p in pairs.items() if speaker[u] in valid_speakers}
+    train = {u: p for u, p in pairs.items() if speaker[u] not in valid_speakers}
+    if not train:
+        raise CorpusError(f"{where}: every training speaker is held out for validation")
+    return train, valid
+
+
+def _resample_file(job: tuple[str, str, int]) -> tuple[str, int]:
+    src, dst, rate = job
+    x, rate_in = read_audio(src)
+    return dst, write_audio(dst, resample(x, rate_in, rate), rate)
+
+
+def resample_files(jobs: list[tuple[str, str, int]], nj: int) -> None:
+    """Resample src -> dst for every job not done yet, in ``nj`` processes, logging progress and ETA."""
+    todo = [j for j in jobs if not Path(j[1]).is_file()]  # files are written atomically: present = done
+    if len(todo) < len(jobs):
+        log.info("%d of %d files already resampled (kept)", len(jobs) - len(todo), len(jobs))
+    if not todo:
+        return
+    for d in {str(Path(j[1]).parent) for j in todo}:
+        Path(d).mkdir(parents=True, exist_ok=True)
+    nj = max(1, min(nj, len(todo)))
+    log.info("resampling %d files to %d Hz (soxr VHQ) in %d processes", len(todo), todo[0][2], nj)
+    t0, clipped, last_log = time.time(), [], 0.0
+    with multiprocessing.get_context("fork").Pool(nj) as pool:
+        for done, (dst, n_clipped) in enumerate(pool.imap_unordered(_resample_file, todo, chunksize=4), 1):
+            if n_clipped:
+                clipped.append((dst, n_clipped))
+            elapsed = time.time() - t0
+            if done == len(todo) or elapsed - last_log >= 10:
+                last_log = elapsed
+                eta = elapsed / done * (len(todo) - done)
+                log.info("resampled %d/%d files (%.0f%%), elapsed %.0f s, ETA %.0f s",
+                         done, len(todo), 100 * done / len(todo), elapsed, eta)
+    if clipped:
+        log.warning("%d resampled files had samples beyond full scale, limited when written as PCM_16 "
+                    "(e.g. %s: %d samples)", len(clipped), clipped[0][0], clipped[0][1])
+
+
+def prepare(root: Path, out_dir: Path, dump_dir: Path, valid_speakers: list[str], rates: list[int],
+            sets: list[str], nj: int) -> None:
+    from se.bin.make_data_dir import pairs_from_dirs
+    from se.data import make_data_dir
+
+    pairs = {}
+    if {"train", "valid"} & set(sets):
+        noisy, clean = (root / f for f in FOLDERS["train"])
+        pairs["train"], pairs["valid"] = split_speakers(pairs_from_dirs(noisy, clean), valid_speakers, noisy)
+    if "test" in sets:
+        pairs["test"] = pairs_from_dirs(*(root / f for f in FOLDERS["test"]))
+    pairs = {s: pairs[s] for s in sets}
+    native = audio_info(next(iter(next(iter(pairs.values())).values()))[0]).samplerate
+    for rate in rates:
+        if rate == native:
+            at_rate = pairs
+        else:
+            # dump/<16k>/<corpus folder>/<file name>: the corpus layout at the new rate
+            def moved(path: str) -> str:
+                p = Path(path)
+                return str(dump_dir / rate_tag(rate) / p.parent.name / p.name)
+
+            at_rate = {s: {u: (moved(n), moved(c)) for u, (n, c) in ps.items()} for s, ps in pairs.items()}
+            jobs = [(src, dst, rate) for s in sets for u in pairs[s]
+                    for src, dst in zip(pairs[s][u], at_rate[s][u])]
+            resample_files(jobs, nj)
+        for s in sets:
+            data = make_data_dir(at_rate[s], out_dir / rate_tag(rate) / s, rate)
+            log.info("%s: %d utterances at %d Hz", data.path, len(data), rate)
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="local/prepare_voicebank_demand.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check-layout", help="verify an unpacked corpus")
+    c.add_argument("root")
+    c.add_argument("--expected-train", type=int, default=EXPECTED["train"], help="wavs per training folder")
+    c.add_argument("--expected-test", type=int, default=EXPECTED["test"], help="wavs per test folder")
+    u = sub.add_parser("unpack", help="verify a zip archive, then extract it into ROOT/<archive name>/")
+    u.add_argument("archive")
+    u.add_argument("root")
+    u.add_argument("--expected", type=int, required=True, help="number of wav files in the archive")
+    r = sub.add_parser("prepare", help="data dirs for train, valid and test at every rate")
+    r.add_argument("root")
+    r.add_argument("--out-dir", required=True, help="data dirs go to OUT_DIR/<16k|48k>/<set>")
+    r.add_argument("--dump-dir", required=True, help="resampled audio goes to DUMP_DIR/<16k>/...")
+    r.add_argument("--valid-speakers", default="p226 p287", help="training speakers held out as valid")
+    r.add_argument("--rates", default="16000 48000", help="sample rates of the data dirs")
+    r.add_argument("--sets", default="train valid test", help="sets to prepare")
+    r.add_argument("--nj", type=int, default=4, help="resampling processes")
+    return p
+
+
+def words(text: str) -> list[str]:
+    return text.replace(",", " ").split()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    errors: tuple = (CorpusError, AudioError)
+    if args.command == "prepare":
+        from se.data import DataDirError
+
+        errors += (DataDirError,)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    try:
+        if args.command == "check-layout":
+            check_layout(Path(args.root), {"train": args.expected_train, "test": args.expected_test})
+            log.info("%s: complete (%d training and %d test pairs)", args.root, args.expected_train, args.expected_test)
+        elif args.command == "unpack":
+            unpack(Path(args.archive), Path(args.root), args.expected)
+        else:
+            sets = words(args.sets)
+            unknown = sorted(set(sets) - {"train", "valid", "test"})
+            if unknown or not sets:
+                raise CorpusError(f"--sets: expected some of train valid test, got {args.sets!r}")
+            rates = [int(r) for r in words(args.rates)]
+            prepare(Path(args.root), Path(args.out_dir), Path(args.dump_dir), words(args.valid_speakers),
+                    rates, sets, args.nj)
+    except errors as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Enhance audio files with a trained network or a ClearVoice release checkpoint.
+
+    python -m se.bin.enhance --network FRCRN_SE_16K --checkpoint exp/frcrn \
+        --input data/test/wav.scp --output-dir exp/frcrn/enhanced/test
+
+--checkpoint: one of our checkpoint files, an experiment dir (its last_best_checkpoint), or a
+ClearVoice release file ({'model': state_dict}). --input: one audio file, a directory of
+.wav/.flac files, or a Kaldi scp (``utt path`` per line; outputs are named ``<utt>.wav``).
+Every output has its input's name and length and is written at the input's sample rate
+(inputs at another rate than the network's are resampled on the way in and out, and a log
+line says so). All inputs are checked before anything is written; each output is written
+atomically, so a failure never leaves a half-written file or removes finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from se.audio import AudioError, audio_info, write_audio
+from se.checkpoint import CheckpointError, load_network
+from se.data import DataDirError, read_scp
+from se.enhance import enhance_clearvoice, enhance_signal
+from se.models import get_entry, network_names
+from se.resample import resample
+
+log = logging.getLogger("se.enhance")
+AUDIO_EXTS = (".wav", ".flac")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m se.bin.enhance", description=__doc__.split("\n\n")[0])
+    p.add_argument("--network", choices=network_names(), help="network (required for ClearVoice files)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or experiment dir")
+    p.add_argument("--input", required=True, help="audio file, directory or scp")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--clearvoice-compat", action="store_true",
+                   help="reproduce ClearVoice's decode path exactly (its padding, delay and edge effects)")
+    p.add_argument("--segment-length", type=float, default=10.0,
+                   help="seconds; longer inputs are decoded in overlapping segments (default path)")
+    p.add_argument("--segment-overlap", type=float, default=1.0, help="seconds of cross-fade between segments")
+    p.add_argument("--output-subtype", choices=["PCM_16", "FLOAT"], default="PCM_16")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--num-jobs", type=int, default=1, help="split the inputs into this many parts ...")
+    p.add_argument("--job", type=int, default=1, help="... and process part JOB (1-based)")
+    p.add_argument("--fbank-dither", type=float, default=0.0,
+                   help="MossFormer2_SE_48K only: fbank dither at inference (the release used 1.0)")
+    return p
+
+
+def list_inputs(spec: str) -> list[tuple[str, str, str]]:
+    """(output name, path, where) for a file, a directory or an scp."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_EXTS)
+        if not files:
+            raise AudioError(f"{path}: no {'/'.join(AUDIO_EXTS)} files in this directory")
+        return [(p.stem + ".wav", str(p), str(p)) for p in files]
+    if not path.exists():
+        raise AudioError(f"{path}: input not found")
+    if path.suffix.lower() in AUDIO_EXTS:
+        return [(path.stem + ".wav", str(path), str(path))]
+    scp = read_scp(path)
+    if not scp:
+        raise DataDirError(f"{path}: no lines")
+    return [(f"{utt}.wav", p, f"{path} line {i}") for i, (utt, p) in enumerate(scp.items(), 1)]
+
+
+def check_inputs(items: list[tuple[str, str, str]]) -> None:
+    """Fails before any output is written: missing, empty, unreadable or multi-channel files."""
+    for _, p, where in items:
+        try:
+            info = audio_info(p)
+        except AudioError as exc:
+            raise AudioError(f"{exc} ({where})" if where != p else str(exc)) from None
+        if info.channels != 1:
+            raise AudioError(f"{p} ({where}): {info.channels} channels; enhancement takes mono files "
+                             "(pick a channel first, e.g. sox in.wav out.wav remix 1)")
+        if info.frames == 0:
+            raise AudioError(f"{p} ({where}): no samples")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    try:
+        if args.num_jobs < 1 or not 1 <= args.job <= args.num_jobs:
+            raise ValueError(f"--job must be in 1..--num-jobs, got {args.job} of {args.num_jobs}")
+        items = list_inputs(args.input)[args.job - 1 :: args.num_jobs]
+        check_inputs(items)
+        device = pick_device(args.device)
+        model, info = load_network(args.checkpoint, args.network, device)
+        if hasattr(model, "inference_dither"):
+            model.inference_dither = args.fbank_dither
+        rate = get_entry(info["network"]).sampling_rate
+        log.info("%s from %s (%s format), %s decode path, %d file(s)", info["network"], info["file"],
+                 info["format"], "ClearVoice" if args.clearvoice_compat else "default", len(items))
+        out_dir = Path(args.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        total_clipped, audio_s, t0 = 0, 0.0, time.time()
+        for name, path, where in tqdm(items, desc="enhance", unit="file", file=sys.stderr,
+                                      disable=len(items) < 2):
+            x, file_rate = sf.read(path, dtype="float64")
+            audio_s += len(x) / file_rate
+            if file_rate != rate:
+                log.info("%s: %d Hz input resampled to %d Hz for %s; output written at %d Hz", path,
+                         file_rate, rate, info["network"], file_rate)
+            xin = resample(x, file_rate, rate)
+            if args.clearvoice_compat:
+                y = enhance_clearvoice(model, xin)
+            else:
+                try:
+                    y = enhance_signal(model, xin, int(args.segment_length * rate),
+                                       int(args.segment_overlap * rate), device)
+                except ValueError as exc:
+                    raise AudioError(f"{path} ({where}): {exc}") from None
+            y = resample(y, rate, file_rate)
+            y = np.pad(y[: len(x)], (0, max(0, len(x) - len(y))))  # exactly the input's length
+            clipped = write_audio(out_dir / name, y, file_rate, args.output_subtype)
+            if clipped:
+                log.warning("%s: %d samples exceeded full scale and were clipped in %s output "
+                            "(use --output-subtype FLOAT to keep them)", out_dir / name, clipped, args.output_subtype)
+            total_clipped += clipped
+        elapsed = time.time() - t0
+        log.info("enhanced %d file(s), %.1f s of audio in %.1f s (RTF %.3f)%s", len(items), audio_s, elapsed,
+                 elapsed / max(audio_s, 1e-9), f"; {total_clipped} samples clipped in all" if total_clipped else "")
+    except (AudioError, CheckpointError, DataDirError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

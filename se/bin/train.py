@@ -1,0 +1,96 @@
+"""Train a network (single process, or under torchrun for DDP).
+
+    python -m se.bin.train --config conf/train_frcrn.yaml --train-data data/train \
+        --valid-data data/valid --exp-dir exp/frcrn [--init FILE] [--start-over] [--key value ...]
+
+Any config key can be overridden as ``--key value`` (type-checked; unknown keys are errors).
+Re-running the same command in an exp dir with a ``last_checkpoint`` resumes from it exactly;
+``--start-over`` ignores it. A ClearVoice train YAML works as --config: its tr_list/cv_list
+(2-column lists) are used when --train-data/--valid-data are not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from se import config as config_lib
+from se.checkpoint import CheckpointError
+from se.data import DataDirError, make_data_dir, read_clearvoice_list
+from se.audio import AudioError
+from se.provenance import write_provenance
+
+log = logging.getLogger("se.train")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m se.bin.train", description=__doc__.split("\n\n")[0],
+        epilog="Any other --key value pair overrides the config key of that name.",
+    )
+    p.add_argument("--config", help="YAML config (ours or a ClearVoice train YAML)")
+    p.add_argument("--train-data", help="training data dir (wav.scp, spk1.scp, utt2num_samples)")
+    p.add_argument("--valid-data", help="validation data dir")
+    p.add_argument("--exp-dir", required=True, help="experiment dir (checkpoints, logs, config.yaml)")
+    p.add_argument("--init", help="fine-tune from this checkpoint (= init_checkpoint_path)")
+    p.add_argument("--start-over", action="store_true", help="ignore exp-dir/last_checkpoint")
+    return p
+
+
+def data_dir_from_list(list_file: str, exp_dir: Path, name: str, rate: int) -> str:
+    """A ClearVoice list becomes a data dir under exp_dir/data/<name> (written once)."""
+    out = exp_dir / "data" / name
+    if not (out / "wav.scp").is_file():
+        log.info("importing ClearVoice list %s into %s", list_file, out)
+        make_data_dir(read_clearvoice_list(list_file), out, rate)
+    return str(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = get_parser().parse_known_args(argv)
+    from se.trainer import Trainer, resolve_config, setup_distributed, setup_logging
+
+    dist = setup_distributed()
+    setup_logging(dist)
+    try:
+        overrides = config_lib.parse_overrides(rest)
+        if args.init:
+            overrides["init_checkpoint_path"] = args.init
+        conf = resolve_config(config_lib.load(args.config, overrides))
+        exp_dir = Path(args.exp_dir)
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        train_dir, valid_dir = args.train_data, args.valid_data
+        if not train_dir:
+            if not conf["tr_list"]:
+                raise config_lib.ConfigError("give --train-data (a data dir) or tr_list in the config")
+            train_dir = data_dir_from_list(conf["tr_list"], exp_dir, "train", conf["sampling_rate"])
+        if not valid_dir:
+            if not conf["cv_list"]:
+                raise config_lib.ConfigError("give --valid-data (a data dir) or cv_list in the config")
+            valid_dir = data_dir_from_list(conf["cv_list"], exp_dir, "valid", conf["sampling_rate"])
+        trainer = Trainer(conf, train_dir, valid_dir, str(exp_dir), dist, start_over=args.start_over)
+        for key, value in trainer.network_kwargs().items():  # record the STFT settings used
+            if key in conf and not conf[key]:
+                conf[key] = value
+        if dist.is_main:
+            config_lib.save(conf, exp_dir / "config.yaml")
+            write_provenance(exp_dir / "train_provenance.yaml", sys.argv if argv is None else ["se.bin.train", *argv])
+        trainer.resume_or_init()
+        trainer.fit()
+    except (config_lib.ConfigError, CheckpointError, DataDirError, AudioError, FloatingPointError) as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        import torch.distributed as torch_dist
+
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

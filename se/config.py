@@ -1,0 +1,173 @@
+"""Training configuration: ClearVoice-compatible YAML keys, defaults, type-checked overrides.
+
+A config is a flat dict. Keys keep ClearVoice's train-YAML names where they exist, so a
+ClearVoice config file works as ``--config``; keys that ClearVoice files carry but that have
+no meaning here are accepted and reported (CLEARVOICE_IGNORED). Any other unknown key is an
+error, in the file and on the command line alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+# key: (default, help). The default's type is the key's type (None: string or null).
+SCHEMA: dict[str, tuple[object, str]] = {
+    # network and signal
+    "network": ("FRCRN_SE_16K", "network name (se.models registry)"),
+    "network_kwargs": ({}, "size hyperparameters of the network (defaults: the release)"),
+    "sampling_rate": (0, "sampling rate of the data; 0 = the network's rate"),
+    "win_type": ("", "STFT window ('' = the network's default)"),
+    "win_len": (0, "STFT window length in samples (0 = network default)"),
+    "win_inc": (0, "STFT hop in samples (0 = network default)"),
+    "fft_len": (0, "FFT size (0 = network default)"),
+    "num_mels": (60, "mel bins of the fbank front end (MossFormer2_SE_48K)"),
+    "fbank_dither": (1.0, "fbank dither during training (MossFormer2_SE_48K)"),
+    # data
+    "tr_list": ("", "ClearVoice 2-column training list, used when --train-data is not given"),
+    "cv_list": ("", "ClearVoice 2-column validation list, used when --valid-data is not given"),
+    "max_length": (1.0, "training segment length in seconds"),
+    "batch_size": (4, "utterances per batch, per GPU/process"),
+    "accu_grad": (0, "1: accumulate gradients up to effec_batch_size"),
+    "effec_batch_size": (4, "batch per update over all processes and accumulation steps"),
+    "num_workers": (2, "data loader worker processes"),
+    "seed": (777, "seed of weights, data order and crops"),
+    # optimisation
+    "optimizer": ("adam", "adam or adamw"),
+    "init_learning_rate": (1e-3, "learning rate when training from scratch"),
+    "finetune_learning_rate": (1e-4, "learning rate when init_checkpoint_path is set"),
+    "disc_learning_rate": (1e-3, "discriminator learning rate (GAN)"),
+    "weight_decay": (1e-5, "weight decay (biases excluded)"),
+    "clip_grad_norm": (10.0, "gradient-norm clipping, once per update (0 = off)"),
+    "max_epoch": (100, "number of epochs"),
+    "max_steps": (0, "stop after this many updates (0 = no limit)"),
+    "lr_halve_patience": (5, "halve the LR after this many epochs without a better valid loss"),
+    "early_stop_patience": (10, "stop after this many epochs without a better valid loss"),
+    "gan_loss_mode": ("fixed", "GAN loss: fixed (default) or clearvoice (the reference, bugs included)"),
+    "precision": ("fp32", "fp32, bf16 or fp16"),
+    "sync_batchnorm": (True, "convert BatchNorm to SyncBatchNorm under multi-GPU DDP"),
+    "max_bad_steps": (20, "stop after this many non-finite losses/gradients in a row"),
+    # checkpoints
+    "init_checkpoint_path": ("", "fine-tune from this checkpoint (ours or a ClearVoice release file)"),
+    "min_init_loaded_fraction": (0.9, "refuse an init checkpoint that loads fewer parameters"),
+    "train_from_last_checkpoint": (1, "1: resume from exp_dir/last_checkpoint when it exists"),
+    "checkpoint_save_freq": (0, "also save every N updates (0 = at epoch ends only)"),
+    "keep_checkpoints": (3, "keep this many recent checkpoints besides the best ones"),
+    "keep_best": (3, "keep this many best checkpoints (by validation loss)"),
+    "print_freq": (10, "log every N updates"),
+    "valid_utterances_to_log": (3, "fixed validation utterances scored and logged to tensorboard"),
+}
+
+# Keys that ClearVoice train YAMLs carry and that have no meaning here.
+CLEARVOICE_IGNORED = {
+    "mode", "use_cuda", "num_gpu", "checkpoint_dir", "load_fbank", "tt_list", "local_rank",
+    "config", "loss_threshold", "one_time_decode_length", "decode_window", "input_path",
+    "output_dir", "num_spks", "world_size", "distributed", "buffer_size", "load_type",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def defaults() -> dict:
+    return {k: copy.deepcopy(v[0]) for k, v in SCHEMA.items()}
+
+
+def _coerce(key: str, value, where: str):
+    default = SCHEMA[key][0]
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value, 0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}") from None
+    if isinstance(default, dict):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+        return value
+    if value is None:
+        return ""
+    return str(value)
+
+
+def update(conf: dict, values: dict, where: str) -> dict:
+    """Merge ``values`` into ``conf`` with type checks; unknown keys are errors."""
+    for key, value in values.items():
+        if key in CLEARVOICE_IGNORED:
+            log.info("%s: ignoring ClearVoice key %s=%r (no meaning here)", where, key, value)
+            continue
+        if key not in SCHEMA:
+            raise ConfigError(
+                f"{where}: unknown config key '{key}'. Known keys: {', '.join(sorted(SCHEMA))}"
+            )
+        conf[key] = _coerce(key, value, where)
+    return conf
+
+
+def load(path: str | Path | None, overrides: dict | None = None) -> dict:
+    """Defaults <- YAML file <- overrides (e.g. from ``--key value`` on the command line)."""
+    conf = defaults()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of key: value lines")
+        update(conf, data, str(path))
+    if overrides:
+        update(conf, overrides, "command line")
+    return conf
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """['--batch-size', '8', '--max_steps=3'] -> {'batch_size': '8', 'max_steps': '3'}."""
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: expected --key value, got {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"command line: --{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        out[key] = value
+        i += 1
+    return out
+
+
+def save(conf: dict, path: str | Path) -> None:
+    from se.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(conf, sort_keys=True))

@@ -1,0 +1,372 @@
+"""Kaldi/ESPnet-style data directories and the training dataset.
+
+A data directory ``data/<set>/`` holds three text files, sorted by utterance id:
+
+* ``wav.scp``          ``<utt> <noisy path>``
+* ``spk1.scp``         ``<utt> <clean path>``
+* ``utt2num_samples``  ``<utt> <number of samples>``
+
+All files of a directory are at one sample rate (written to ``fs``, one line). Resampling
+happens once, when the directory is prepared; loading never resamples.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from se.audio import AudioError, audio_info, norm_gain, read_audio
+
+log = logging.getLogger(__name__)
+
+
+class DataDirError(ValueError):
+    pass
+
+
+def read_scp(path: str | Path) -> dict[str, str]:
+    """``<key> <value>`` lines -> dict; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataDirError(f"{path}: not found")
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                raise DataDirError(f"{path} line {lineno}: expected '<utt> <value>', got {line!r}")
+            key, value = parts
+            if key in out:
+                raise DataDirError(f"{path} line {lineno}: duplicate utterance id {key}")
+            out[key] = value
+    return out
+
+
+def scp_line(path: str | Path, key: str) -> int:
+    """Line number of ``key`` in an scp file (for error messages)."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.split(maxsplit=1)[:1] == [key]:
+                return lineno
+    return 0
+
+
+def write_scp(path: str | Path, items: dict[str, object]) -> None:
+    from se.checkpoint import atomic_write_text
+
+    atomic_write_text(path, "".join(f"{k} {items[k]}\n" for k in sorted(items)))
+
+
+@dataclass
+class Utterance:
+    utt: str
+    noisy: str
+    clean: str
+    num_samples: int
+
+
+class DataDir:
+    """Reads a data directory (no audio is opened here)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise DataDirError(f"{self.path}: data directory not found (run the data preparation stage)")
+        self.wav_scp = self.path / "wav.scp"
+        self.spk1_scp = self.path / "spk1.scp"
+        noisy = read_scp(self.wav_scp)
+        clean = read_scp(self.spk1_scp)
+        lengths_file = self.path / "utt2num_samples"
+        lengths = read_scp(lengths_file)
+        if not noisy:
+            raise DataDirError(f"{self.wav_scp}: no utterances")
+        for utt in noisy:
+            if utt not in clean:
+                raise DataDirError(
+                    f"{self.wav_scp} line {scp_line(self.wav_scp, utt)}: utterance {utt} is missing "
+                    f"from {self.spk1_scp}"
+                )
+            if utt not in lengths:
+                raise DataDirError(
+                    f"{self.wav_scp} line {scp_line(self.wav_scp, utt)}: utterance {utt} is missing "
+                    f"from {lengths_file} (re-run the data preparation stage)"
+                )
+        for utt in clean:
+            if utt not in noisy:
+                raise DataDirError(
+                    f"{self.spk1_scp} line {scp_line(self.spk1_scp, utt)}: utterance {utt} is not in "
+                    f"{self.wav_scp}"
+                )
+        self.utterances: list[Utterance] = []
+        for utt in sorted(noisy):
+            try:
+                n = int(lengths[utt])
+            except ValueError:
+                raise DataDirError(
+                    f"{lengths_file} line {scp_line(lengths_file, utt)}: not an integer: {lengths[utt]!r}"
+                ) from None
+            self.utterances.append(Utterance(utt, noisy[utt], clean[utt], n))
+        fs_file = self.path / "fs"
+        self.sampling_rate = int(fs_file.read_text().split()[0]) if fs_file.is_file() else None
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def where(self, utt: str, which: str = "noisy") -> str:
+        scp = self.wav_scp if which == "noisy" else self.spk1_scp
+        return f"{scp} line {scp_line(scp, utt)}"
+
+
+def validate_data_dir(path: str | Path, sampling_rate: int | None = None, check_audio: bool = True) -> DataDir:
+    """Checks a data dir completely; raises DataDirError / AudioError naming file and line."""
+    data = DataDir(path)
+    rate = sampling_rate or data.sampling_rate
+    if sampling_rate and data.sampling_rate and sampling_rate != data.sampling_rate:
+        raise DataDirError(
+            f"{data.path}/fs: directory is at {data.sampling_rate} Hz, expected {sampling_rate} Hz "
+            "(prepare the data at the network's rate)"
+        )
+    if not check_audio:
+        return data
+    for u in data.utterances:
+        infos = {}
+        for which, p in (("noisy", u.noisy), ("clean", u.clean)):
+            where = data.where(u.utt, which)
+            try:
+                info = audio_info(p)
+            except AudioError as exc:
+                raise AudioError(f"{exc} ({where})") from None
+            if info.channels != 1:
+                raise AudioError(f"{p} ({where}): {info.channels} channels, expected mono")
+            if rate and info.samplerate != rate:
+                raise AudioError(
+                    f"{p} ({where}): sample rate {info.samplerate} Hz, expected {rate} Hz; "
+                    "resample it in the data preparation stage"
+                )
+            infos[which] = info
+        if infos["noisy"].frames != infos["clean"].frames:
+            raise DataDirError(
+                f"{data.where(u.utt)}: noisy has {infos['noisy'].frames} samples but clean "
+                f"{u.clean} has {infos['clean'].frames}"
+            )
+        if infos["noisy"].frames != u.num_samples:
+            raise DataDirError(
+                f"{data.path / 'utt2num_samples'} line {scp_line(data.path / 'utt2num_samples', u.utt)}: "
+                f"{u.utt} says {u.num_samples} samples, the file has {infos['noisy'].frames}"
+            )
+    return data
+
+
+def make_data_dir(pairs: dict[str, tuple[str, str]], out_dir: str | Path, sampling_rate: int | None = None) -> DataDir:
+    """Writes a data dir from ``{utt: (noisy_path, clean_path)}``; checks each pair first.
+
+    Nothing is written unless every pair is readable, mono, at ``sampling_rate`` (when
+    given, else at one common rate) and of equal length.
+    """
+    if not pairs:
+        raise DataDirError(f"{out_dir}: no utterances to write")
+    lengths: dict[str, int] = {}
+    rates = set()
+    for utt in sorted(pairs):
+        noisy, clean = pairs[utt]
+        ni, ci = audio_info(noisy), audio_info(clean)
+        for p, i in ((noisy, ni), (clean, ci)):
+            if i.channels != 1:
+                raise AudioError(f"{p}: {i.channels} channels, expected mono")
+        if ni.samplerate != ci.samplerate:
+            raise AudioError(f"{noisy} is at {ni.samplerate} Hz but {clean} at {ci.samplerate} Hz")
+        if sampling_rate and ni.samplerate != sampling_rate:
+            raise AudioError(
+                f"{noisy}: sample rate {ni.samplerate} Hz, expected {sampling_rate} Hz; resample the "
+                "corpus first (e.g. local/resample_dir.py)"
+            )
+        if ni.frames != ci.frames:
+            raise AudioError(f"{noisy} has {ni.frames} samples but {clean} has {ci.frames}")
+        rates.add(ni.samplerate)
+        lengths[utt] = ni.frames
+    if len(rates) > 1:
+        raise AudioError(f"{out_dir}: the pairs mix sample rates {sorted(rates)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_scp(out_dir / "wav.scp", {u: os.path.abspath(p[0]) for u, p in pairs.items()})
+    write_scp(out_dir / "spk1.scp", {u: os.path.abspath(p[1]) for u, p in pairs.items()})
+    write_scp(out_dir / "utt2num_samples", lengths)
+    from se.checkpoint import atomic_write_text
+
+    atomic_write_text(out_dir / "fs", f"{rates.pop()}\n")
+    return DataDir(out_dir)
+
+
+def read_clearvoice_list(path: str | Path) -> dict[str, tuple[str, str]]:
+    """ClearVoice's 2-column list (``noisy.wav clean.wav [duration]``) -> {utt: (noisy, clean)}.
+
+    Utterance ids are the noisy file names without extension (made unique with the parent
+    directory when names repeat).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataDirError(f"{path}: list file not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) not in (2, 3):
+                raise DataDirError(
+                    f"{path} line {lineno}: expected 'noisy.wav clean.wav [duration]', got {line.strip()!r}"
+                )
+            rows.append((lineno, parts[0], parts[1]))
+    if not rows:
+        raise DataDirError(f"{path}: no lines")
+    stems = [Path(n).stem for _, n, _ in rows]
+    unique = len(set(stems)) == len(stems)
+    pairs: dict[str, tuple[str, str]] = {}
+    for (lineno, noisy, clean), stem in zip(rows, stems):
+        utt = stem if unique else f"{Path(noisy).parent.name}_{stem}"
+        if utt in pairs:
+            raise DataDirError(f"{path} line {lineno}: duplicate utterance {utt}")
+        base = path.parent
+        resolve = lambda p: p if os.path.isabs(p) else str(base / p)  # noqa: E731
+        pairs[utt] = (resolve(noisy), resolve(clean))
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------
+# Training data
+# ------------------------------------------------------------------------------------------
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """Per-item random stream: the crop of item ``index`` in ``epoch`` never depends on which
+    worker or process loads it, or on where training was resumed."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+class SegmentDataset(torch.utils.data.Dataset):
+    """(noisy, clean) segments of ``segment`` samples at one common gain.
+
+    Training (``random_crop=True``): a random start per item and epoch; only that segment
+    is read from disk. Validation: the centre segment, deterministic. Utterances shorter
+    than the segment are zero-padded at the end. Both signals are multiplied by the gain
+    that normalises the noisy segment to -25 dB RMS (se.audio.norm_gain), so the pair keeps
+    its SNR.
+
+    ``features``: optional picklable callable(noisy_segment: np.ndarray, rng) -> Tensor
+    computed here, i.e. in the data-loader workers (e.g. fbank for MossFormer2_SE_48K).
+    """
+
+    def __init__(
+        self,
+        data: DataDir,
+        sampling_rate: int,
+        segment: int,
+        seed: int = 0,
+        random_crop: bool = True,
+        features=None,
+    ):
+        self.data = data
+        self.sampling_rate = sampling_rate
+        self.segment = int(segment)
+        self.seed = seed
+        self.random_crop = random_crop
+        self.features = features
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _read(self, u: Utterance, which: str, start: int, frames: int) -> np.ndarray:
+        path = u.noisy if which == "noisy" else u.clean
+        x, _ = read_audio(
+            path, start=start, frames=frames, expected_rate=self.sampling_rate,
+            where=self.data.where(u.utt, which),
+        )
+        return x
+
+    def __getitem__(self, index: int) -> dict:
+        u = self.data.utterances[index]
+        rng = item_rng(self.seed, self.epoch, index)
+        n, seg = u.num_samples, self.segment
+        if n > seg:
+            start = int(rng.integers(0, n - seg + 1)) if self.random_crop else (n - seg) // 2
+            frames = seg
+        else:
+            start, frames = 0, n
+        noisy = self._read(u, "noisy", start, frames)
+        clean = self._read(u, "clean", start, frames)
+        if len(noisy) != len(clean):
+            raise AudioError(
+                f"{u.noisy} ({self.data.where(u.utt)}): noisy and clean differ in length "
+                f"({len(noisy)} vs {len(clean)})"
+            )
+        if len(noisy) != frames:
+            raise AudioError(
+                f"{u.noisy} ({self.data.where(u.utt)}): read {len(noisy)} samples at {start}, "
+                f"expected {frames}; utt2num_samples is stale (re-run data preparation)"
+            )
+        gain = norm_gain(noisy)
+        pad = seg - len(noisy)
+        noisy = np.pad(noisy * gain, (0, pad)).astype(np.float32)
+        clean = np.pad(clean * gain, (0, pad)).astype(np.float32)
+        item = {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(clean), "index": index}
+        if self.features is not None:
+            item["features"] = self.features(noisy, rng)
+        return item
+
+
+class ShardedSampler(torch.utils.data.Sampler):
+    """Indices of one rank, reshuffled every epoch, resumable mid-epoch.
+
+    Training: a permutation from (seed, epoch); padded by wrapping so every rank gets the same
+    number of items. Validation (``shuffle=False, pad=False``): rank r gets items r, r+W, ...
+    with no duplicates (ranks may differ by one item; the trainer reduces sums and counts).
+    ``skip`` drops the first items (resuming inside an epoch).
+    """
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, pad: bool = True):
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.seed, self.shuffle, self.pad = seed, shuffle, pad
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        if self.pad:
+            total = math.ceil(self.size / self.world_size) * self.world_size
+            order = (order * math.ceil(total / max(1, len(order))))[:total]
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return max(0, len(self._indices()) - self.skip)
+
+    def __iter__(self):
+        return iter(self._indices()[self.skip :])
+
+
+def collate(items: list[dict]) -> dict:
+    out = {k: torch.stack([it[k] for it in items]) for k in ("noisy", "clean")}
+    out["index"] = torch.tensor([it["index"] for it in items])
+    if "features" in items[0]:
+        out["features"] = torch.stack([it["features"] for it in items])
+    return out

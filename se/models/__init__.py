@@ -1,0 +1,97 @@
+"""Network registry: one place that maps a network name to its builder.
+
+Every network module registers a :class:`NetworkEntry` with :func:`register`. A network class
+implements this contract (see se/models/frcrn.py for the reference implementation):
+
+* ``sampling_rate`` (class attribute): the rate the network works at.
+* ``from_config(conf: dict) -> nn.Module`` (classmethod): builds the network from the
+  resolved training config (ClearVoice key names such as ``win_len``, ``win_inc``,
+  ``fft_len``, ``win_type`` plus network-specific size keys; missing keys take the released
+  architecture's values). ``config_kwargs(conf) -> dict`` returns the constructor kwargs it
+  used, which checkpoints store so that they are self-describing.
+* ``loss(noisy, clean) -> (loss, parts)``: training loss for a (B, L) batch in which
+  noisy and clean carry the SAME gain; ``parts`` maps names to float tensors for logging.
+* ``enhance(noisy) -> Tensor``: aligned, deterministic enhancement of a normalised (B, L)
+  float batch; returns (B, L).
+* ``clearvoice_decode(raw: np.ndarray) -> np.ndarray``: the reference decode path
+  (audio_norm, padding, one-pass/segmented decoding, de-normalisation) on raw float64
+  samples at the network's rate; the ``--clearvoice-compat`` mode of se.bin.enhance.
+* ``convert_clearvoice_state_dict(sd) -> sd`` (staticmethod): maps a release-format state
+  dict (``module.`` prefix already stripped) to this module's keys.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    name: str
+    module: str  # python module that defines it (imported lazily)
+    cls_name: str
+    sampling_rate: int
+    # name of the training-step class in se.trainer / the network module ("" = supervised)
+    train_step: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def network_class(self):
+        return getattr(importlib.import_module(self.module), self.cls_name)
+
+
+_REGISTRY: dict[str, NetworkEntry] = {
+    "FRCRN_SE_16K": NetworkEntry("FRCRN_SE_16K", "se.models.frcrn", "FRCRN", 16000),
+    "MossFormer2_SE_48K": NetworkEntry(
+        "MossFormer2_SE_48K", "se.models.mossformer2", "MossFormer2SE", 48000
+    ),
+    "MossFormerGAN_SE_16K": NetworkEntry(
+        "MossFormerGAN_SE_16K",
+        "se.models.mossformer_gan",
+        "MossFormerGAN",
+        16000,
+        train_step="se.models.mossformer_gan:GANTrainStep",
+    ),
+}
+
+
+def network_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> NetworkEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown network '{name}'; choose one of: {', '.join(network_names())}"
+        ) from None
+
+
+def build_network(name: str, conf: dict | None = None):
+    """Build network ``name`` from a config dict (released architecture when empty)."""
+    return get_entry(name).network_class().from_config(network_conf(conf))
+
+
+def network_kwargs(name: str, conf: dict | None = None) -> dict:
+    """The full constructor kwargs ``build_network(name, conf)`` uses (stored in checkpoints)."""
+    return get_entry(name).network_class().config_kwargs(network_conf(conf))
+
+
+_DEFAULT_IF_EMPTY = ("sampling_rate", "win_type", "win_len", "win_inc", "fft_len")
+
+
+def network_conf(conf: dict | None) -> dict:
+    """Drops config keys left at 0 / "": they mean "the network's default"."""
+    return {k: v for k, v in (conf or {}).items() if not (k in _DEFAULT_IF_EMPTY and not v)}
+
+
+def network_sampling_rate(name: str) -> int:
+    return get_entry(name).sampling_rate
+
+
+def resolve(path: str) -> Callable:
+    """'pkg.module:attr' -> attr."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)

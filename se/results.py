@@ -1,0 +1,144 @@
+"""Score files and provenance shared by se.bin.score and se.bin.make_results.
+
+Files of a scores dir D (written by ``python -m se.bin.score``):
+
+- ``scores.tsv``: header ``utt_id`` + one column per metric, one row per utterance sorted by
+  id; undefined values are ``nan``; floats in shortest round-trip form.
+- ``summary.json``: per metric the mean over defined values and the number of utterances where
+  it was undefined, problem counts, rates used, implementations and versions.
+- ``summary.md``: the same as a Markdown table.
+- ``notes.tsv``: ``utt_id kind message`` for every trimmed file or undefined value.
+- ``ref.scp``, ``est.scp``: the scored pairs (absolute paths), ``cmd``: the command.
+
+Every file is written to a temp file and renamed; summary.json is removed first and written
+last, so a dir with a summary.json holds one complete run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+# Packages whose versions go into summary.json and RESULTS.md (se.provenance.versions).
+VERSIONED_PACKAGES = (
+    "torch", "torchaudio", "numpy", "scipy", "soundfile", "pesq", "pystoi", "fast_bss_eval",
+    "speechmos", "onnxruntime", "librosa",
+)  # fmt: skip
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def format_value(v: float) -> str:
+    return "nan" if math.isnan(v) else repr(float(v))
+
+
+def scores_tsv(columns: list[str], rows: dict[str, dict[str, float]]) -> str:
+    lines = ["\t".join(["utt_id", *columns])]
+    for utt in sorted(rows):
+        lines.append("\t".join([utt, *(format_value(rows[utt][c]) for c in columns)]))
+    return "\n".join(lines) + "\n"
+
+
+def read_scores_tsv(path: str | os.PathLike) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """(columns, {utt: {column: value}}); raises ValueError naming the file and line."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].split("\t")[0] != "utt_id":
+        raise ValueError(f"{path}: line 1: expected a header starting with utt_id")
+    columns = lines[0].split("\t")[1:]
+    rows: dict[str, dict[str, float]] = {}
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(columns) + 1:
+            raise ValueError(f"{path}: line {n}: {len(fields)} fields, expected {len(columns) + 1}")
+        if fields[0] in rows:
+            raise ValueError(f"{path}: line {n}: duplicate utt_id {fields[0]}")
+        try:
+            rows[fields[0]] = {c: float(v) for c, v in zip(columns, fields[1:])}
+        except ValueError as exc:
+            raise ValueError(f"{path}: line {n}: {exc}") from exc
+    return columns, rows
+
+
+def summarize(columns: list[str], rows: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Per column: mean over defined (finite) values, number defined and undefined."""
+    out = {}
+    for c in columns:
+        vals = [rows[u][c] for u in rows if math.isfinite(rows[u][c])]
+        out[c] = {
+            "mean": (math.fsum(vals) / len(vals)) if vals else None,
+            "defined": len(vals),
+            "undefined": len(rows) - len(vals),
+        }
+    return out
+
+
+def summary_markdown(summary: dict) -> str:
+    """summary.json as Markdown: a table of means and undefined counts, then rates."""
+    lines = [
+        f"# Scores: {summary['est']}",
+        "",
+        f"- reference: `{summary['ref']}`",
+        f"- utterances: {summary['n_utts']}",
+        "",
+        "| metric | mean | undefined |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, m in summary["metrics"].items():
+        mean = "n/a" if m["mean"] is None else f"{m['mean']:.4f}"
+        lines.append(f"| {name} | {mean} | {m['undefined']} |")
+    lines.append("")
+    lines.append(f"Rates: {rates_sentence(summary['rates'])}")
+    if summary.get("problems"):
+        lines.append("")
+        lines.append("Problems (utterances): " + ", ".join(f"{k} {v}" for k, v in summary["problems"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def rates_sentence(rates: dict) -> str:
+    """e.g. 'PESQ WB/STOI/composite/DNSMOS at 16 kHz copies, PESQ NB at 8 kHz copies, SI-SDR/SNR/SDR
+    at 48 kHz (native)'."""
+
+    def khz(r) -> str:
+        return f"{r / 1000:g} kHz"
+
+    native = rates.get("native") or []
+    native_txt = "/".join(khz(r) for r in native) or "the native rate"
+    return (
+        f"PESQ WB/STOI/eSTOI/composite/DNSMOS at {khz(rates['pesq_wb'])} copies, PESQ NB at "
+        f"{khz(rates['pesq_nb'])} copies, SI-SDR/SNR/SDR at {native_txt} (native); "
+        f"resampler: {rates['resampler']}"
+    )
+
+
+def read_summary(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

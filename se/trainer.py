@@ -1,0 +1,486 @@
+"""The one trainer for every network (torchrun-native DDP, accumulation, exact resume).
+
+Small functions, in the order they run: ``setup_distributed`` -> ``build_step`` ->
+``build_loaders`` -> ``Trainer.resume_or_init`` -> ``Trainer.fit`` (``train_one_epoch``,
+``validate``, ``save``). What a network computes in a step lives in se.train_step (or the
+network's own step class named in the registry); this file owns the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from se import checkpoint as ckpt
+from se import config as config_lib
+from se.data import DataDir, SegmentDataset, ShardedSampler, collate
+from se.models import build_network, get_entry, network_kwargs, resolve
+from se.train_step import LossForward, TrainStep, unwrap
+
+log = logging.getLogger("se.train")
+
+
+# ------------------------------------------------------------------------------------------
+# distributed setup
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(timeout_s: int = 600) -> Dist:
+    """Reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE; NCCL on GPUs, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not torch_dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # a timeout turns a crashed or hung rank into an error instead of a silent hang
+        torch_dist.init_process_group(
+            backend, timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return Dist(rank, local_rank, world, device)
+
+
+def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=dist.device)
+    if dist.enabled:
+        torch_dist.all_reduce(t)
+    return t.tolist()
+
+
+def setup_logging(dist: Dist) -> None:
+    level = logging.INFO if dist.is_main else logging.WARNING
+    fmt = f"%(asctime)s (%(name)s:{dist.rank}) %(levelname)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+
+
+# ------------------------------------------------------------------------------------------
+# building
+# ------------------------------------------------------------------------------------------
+
+
+def resolve_config(conf: dict) -> dict:
+    """Fills network-dependent defaults (sampling rate) and checks batch arithmetic."""
+    entry = get_entry(conf["network"])
+    if not conf["sampling_rate"]:
+        conf["sampling_rate"] = entry.sampling_rate
+    if conf["sampling_rate"] != entry.sampling_rate:
+        raise config_lib.ConfigError(
+            f"sampling_rate {conf['sampling_rate']} does not match {entry.name} ({entry.sampling_rate} Hz)"
+        )
+    if conf["precision"] not in ("fp32", "bf16", "fp16"):
+        raise config_lib.ConfigError(f"precision must be fp32, bf16 or fp16, got {conf['precision']!r}")
+    if conf["batch_size"] < 1:
+        raise config_lib.ConfigError("batch_size must be >= 1")
+    return conf
+
+
+def accumulation_steps(conf: dict, world_size: int) -> int:
+    """effec_batch_size = batch_size x processes x accumulation (ClearVoice's accu_grad)."""
+    if not conf["accu_grad"]:
+        return 1
+    per_update = conf["batch_size"] * world_size
+    if conf["effec_batch_size"] % per_update:
+        raise config_lib.ConfigError(
+            f"effec_batch_size {conf['effec_batch_size']} is not a multiple of batch_size x processes "
+            f"= {conf['batch_size']} x {world_size}"
+        )
+    return max(1, conf["effec_batch_size"] // per_update)
+
+
+def build_step(conf: dict, dist: Dist) -> TrainStep:
+    torch.manual_seed(conf["seed"])  # identical initial weights on every rank
+    model = build_network(conf["network"], conf)
+    entry = get_entry(conf["network"])
+    step_cls = resolve(entry.train_step) if entry.train_step else TrainStep
+    step = step_cls(model, conf, dist.device)
+    for module in step.modules.values():
+        module.to(dist.device)
+    return step
+
+
+def distribute(step: TrainStep, conf: dict, dist: Dist) -> None:
+    """Wraps every module of the step in DistributedDataParallel (after optimisers exist)."""
+    if not dist.enabled:
+        return
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for name, module in list(step.modules.items()):
+        if conf["sync_batchnorm"] and dist.device.type == "cuda":
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        target = LossForward(module) if name == "model" and not getattr(step, "custom_forward", False) else module
+        step.modules[name] = DDP(
+            target,
+            device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+            find_unused_parameters=True,  # released architectures carry dead parameters
+        )
+
+
+def data_features(conf: dict):
+    """A network's data-pipeline feature function (computed in loader workers), or None."""
+    cls = get_entry(conf["network"]).network_class()
+    fn = getattr(cls, "data_features", None)
+    return fn(conf) if fn is not None else None
+
+
+def build_loaders(conf: dict, train_dir: str, valid_dir: str, dist: Dist):
+    rate = conf["sampling_rate"]
+    segment = int(round(conf["max_length"] * rate))
+    features = data_features(conf)
+    train = DataDir(train_dir)
+    valid = DataDir(valid_dir)
+    for d in (train, valid):
+        if d.sampling_rate and d.sampling_rate != rate:
+            raise config_lib.ConfigError(
+                f"{d.path}: data at {d.sampling_rate} Hz but {conf['network']} needs {rate} Hz; prepare "
+                f"the data at {rate} Hz (data preparation stage)"
+            )
+    train_set = SegmentDataset(train, rate, segment, conf["seed"], random_crop=True, features=features)
+    valid_set = SegmentDataset(valid, rate, segment, conf["seed"], random_crop=False, features=features)
+    train_sampler = ShardedSampler(len(train_set), dist.rank, dist.world_size, conf["seed"], shuffle=True, pad=True)
+    valid_sampler = ShardedSampler(len(valid_set), dist.rank, dist.world_size, shuffle=False, pad=False)
+
+    def loader(ds, sampler):
+        return torch.utils.data.DataLoader(
+            ds, batch_size=conf["batch_size"], sampler=sampler, num_workers=conf["num_workers"],
+            collate_fn=collate, drop_last=False, pin_memory=dist.device.type == "cuda",
+            # own generator: creating an iterator must not consume the global RNG, or a
+            # resumed run would diverge from an uninterrupted one
+            generator=torch.Generator().manual_seed(conf["seed"]),
+            persistent_workers=False,
+        )
+
+    return loader(train_set, train_sampler), loader(valid_set, valid_sampler)
+
+
+# ------------------------------------------------------------------------------------------
+# RNG state
+# ------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # current epoch (0-based)
+    step: int = 0  # optimiser updates done
+    batch_in_epoch: int = 0  # batches of the current epoch already consumed
+    best_valid_loss: float = math.inf
+    bad_epochs: int = 0
+    bad_steps_in_row: int = 0
+    skipped_steps: int = 0
+    history: dict = field(default_factory=dict)  # checkpoint file -> valid loss
+
+
+class Trainer:
+    def __init__(self, conf: dict, train_dir: str, valid_dir: str, exp_dir: str, dist: Dist,
+                 start_over: bool = False):
+        self.conf = conf
+        self.dist = dist
+        self.exp_dir = Path(exp_dir)
+        self.start_over = start_over
+        self.accum = accumulation_steps(conf, dist.world_size)
+        self.step = build_step(conf, dist)
+        self.train_loader, self.valid_loader = build_loaders(conf, train_dir, valid_dir, dist)
+        self.progress = Progress()
+        self.writer = None
+        self._setup_precision()
+
+    # -- setup ----------------------------------------------------------------------------
+    def _setup_precision(self) -> None:
+        precision = self.conf["precision"]
+        if precision == "fp32":
+            return
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        device_type = self.dist.device.type
+        if precision == "fp16" and device_type != "cuda":
+            raise config_lib.ConfigError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+        self.step.autocast = functools.partial(torch.autocast, device_type=device_type, dtype=dtype)
+        if precision == "fp16":
+            self.step.grad_scaler = torch.amp.GradScaler("cuda")
+
+    def resume_or_init(self) -> None:
+        """Resume from exp_dir/last_checkpoint, else load init_checkpoint_path (fine-tuning)."""
+        last = None if self.start_over or not self.conf["train_from_last_checkpoint"] else ckpt.read_pointer(
+            self.exp_dir, "last_checkpoint"
+        )
+        model = unwrap(self.step.modules["model"])
+        if last is not None:
+            state = ckpt.torch_load(last)
+            self._check_same_setup(state, last)
+            self.step.build_optimizers()
+            self.step.load_state_dict(state)
+            if self.step.grad_scaler is not None and state.get("grad_scaler"):
+                self.step.grad_scaler.load_state_dict(state["grad_scaler"])
+            self.progress = Progress(**state["trainer"])
+            set_rng_state(state["rng"])
+            log.info("resumed from %s (epoch %d, update %d, %d batches into the epoch)", last,
+                     self.progress.epoch + 1, self.progress.step, self.progress.batch_in_epoch)
+        else:
+            if self.conf["init_checkpoint_path"]:
+                ckpt.init_from_checkpoint(
+                    model, self.conf["init_checkpoint_path"], self.conf["min_init_loaded_fraction"],
+                    print_fn=log.info,
+                )
+                init_extra = getattr(self.step, "init_extra", None)
+                if init_extra is not None:
+                    init_extra(self.conf["init_checkpoint_path"])
+            self.step.build_optimizers()
+        distribute(self.step, self.conf, self.dist)
+
+    def _check_same_setup(self, state: dict, path: Path) -> None:
+        for key in ("network", "network_kwargs"):
+            old = state.get(key) if key == "network" else state.get("network_kwargs")
+            new = self.conf["network"] if key == "network" else self.network_kwargs()
+            if old != new:
+                raise ckpt.CheckpointError(
+                    f"{path}: cannot resume: the checkpoint has {key}={old!r} but the config says {new!r}. "
+                    "Use another --exp-dir, or --start-over to train from scratch here."
+                )
+        old_acc = state.get("config", {}).get("batch_size"), state.get("world_size"), state.get("accum")
+        new_acc = self.conf["batch_size"], self.dist.world_size, self.accum
+        if old_acc != new_acc:
+            log.warning("resuming with batch/processes/accumulation %s instead of %s: the data order "
+                        "and results will differ from an uninterrupted run", new_acc, old_acc)
+
+    def network_kwargs(self) -> dict:
+        return network_kwargs(self.conf["network"], self.conf)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, valid_loss: float | None) -> None:
+        if not self.dist.is_main:
+            return
+        p = self.progress
+        is_best = valid_loss is not None and valid_loss <= p.best_valid_loss
+        # ClearVoice's model.ckpt-<epoch>-<step>.pt, epoch counted from 1 (the current one when
+        # saved inside an epoch, the finished one at its end)
+        epoch = p.epoch + (1 if p.batch_in_epoch else 0)
+        name = ckpt.checkpoint_name(epoch, p.step)
+        if valid_loss is not None:
+            p.history[name] = valid_loss
+        state = self.step.state_dict()
+        state.update(
+            epoch=epoch, step=p.step, network=self.conf["network"], network_kwargs=self.network_kwargs(),
+            sampling_rate=self.conf["sampling_rate"], config=dict(self.conf), trainer=vars(p).copy(),
+            rng=rng_state(), world_size=self.dist.world_size, accum=self.accum,
+            grad_scaler=self.step.grad_scaler.state_dict() if self.step.grad_scaler is not None else None,
+        )
+        path = ckpt.save_checkpoint(self.exp_dir, state, is_best, self.conf["keep_checkpoints"], self.conf["keep_best"])
+        log.info("saved %s%s", path, " (best so far)" if is_best else "")
+
+    # -- training -------------------------------------------------------------------------
+    def _no_sync(self, sync: bool):
+        """Skip DDP's all-reduce on micro-steps that do not end an update."""
+        stack = contextlib.ExitStack()
+        if not sync:
+            for module in self.step.modules.values():
+                if hasattr(module, "no_sync"):
+                    stack.enter_context(module.no_sync())
+        return stack
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items() if k != "index"}
+
+    def _set_train(self, train: bool) -> None:
+        for module in self.step.modules.values():
+            module.train(train)
+
+    def _lrs(self) -> float:
+        return self.step.optimizers["model"].param_groups[0]["lr"]
+
+    def total_updates(self) -> int:
+        per_epoch = math.ceil(len(self.train_loader.sampler._indices()) / self.conf["batch_size"] / self.accum)
+        total = per_epoch * self.conf["max_epoch"]
+        return min(total, self.conf["max_steps"]) if self.conf["max_steps"] else total
+
+    def reached_max_steps(self) -> bool:
+        return bool(self.conf["max_steps"]) and self.progress.step >= self.conf["max_steps"]
+
+    def train_one_epoch(self) -> None:
+        p, conf = self.progress, self.conf
+        sampler = self.train_loader.sampler
+        sampler.set_epoch(p.epoch, skip=p.batch_in_epoch * conf["batch_size"])
+        self.train_loader.dataset.set_epoch(p.epoch)
+        self._set_train(True)
+        num_batches = p.batch_in_epoch + len(self.train_loader)
+        sums: dict[str, float] = {}
+        count = 0
+        t_start, samples = time.time(), 0
+        total = self.total_updates()
+        for batch in self.train_loader:
+            p.batch_in_epoch += 1
+            is_update = p.batch_in_epoch % self.accum == 0 or p.batch_in_epoch == num_batches
+            data = self._to_device(batch)
+            with self._no_sync(is_update):
+                parts = self.step.micro_step(data.pop("noisy"), data.pop("clean"), 1.0 / self.accum, **data)
+            samples += batch["noisy"].shape[0] * self.dist.world_size
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if not is_update:
+                continue
+            finite = all(math.isfinite(v) for v in parts.values())
+            upd = self.step.update()
+            finite = finite and all(math.isfinite(v) for v in upd.values())
+            p.step += 1
+            if not finite:
+                p.bad_steps_in_row += 1
+                p.skipped_steps += 1
+                log.warning("update %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)",
+                            p.step, p.bad_steps_in_row, p.skipped_steps)
+                if p.bad_steps_in_row >= conf["max_bad_steps"]:
+                    raise FloatingPointError(
+                        f"{p.bad_steps_in_row} non-finite updates in a row (max_bad_steps); lower the "
+                        "learning rate, check the data, or use precision fp32"
+                    )
+            else:
+                p.bad_steps_in_row = 0
+            if p.step % conf["print_freq"] == 0 or p.step == 1:
+                self._log_train(sums, count, upd, samples, t_start, total)
+                sums, count = {}, 0
+            if self.reached_max_steps():
+                break  # fit() validates and saves
+            if conf["checkpoint_save_freq"] and p.step % conf["checkpoint_save_freq"] == 0:
+                self.save(None)
+
+    def _log_train(self, sums, count, upd, samples, t_start, total) -> None:
+        p = self.progress
+        elapsed = max(1e-9, time.time() - t_start)
+        rate = samples / elapsed
+        updates_left = max(0, total - p.step)
+        sec_per_update = elapsed / max(1, p.step - getattr(self, "_step_at_start", 0))
+        eta = datetime.timedelta(seconds=int(updates_left * sec_per_update))
+        parts = " ".join(f"{k}={v / max(1, count):.4f}" for k, v in sorted(sums.items()))
+        log.info("epoch %d update %d/%d %s grad_norm=%.3f lr=%.2e %.1f samples/s ETA %s",
+                 p.epoch + 1, p.step, total, parts, upd.get("grad_norm", float("nan")), self._lrs(), rate, eta)
+        if self.writer is not None:
+            for k, v in sums.items():
+                self.writer.add_scalar(f"train/{k}", v / max(1, count), p.step)
+            for k, v in upd.items():
+                self.writer.add_scalar(f"train/{k}", v, p.step)
+            self.writer.add_scalar("train/lr", self._lrs(), p.step)
+            self.writer.add_scalar("train/samples_per_s", rate, p.step)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean of every loss part over the whole validation set, exact under sharding."""
+        if self.dist.enabled:
+            # every rank validates rank 0's model: BatchNorm running statistics are per rank
+            for module in self.step.modules.values():
+                for buf in module.buffers():
+                    torch_dist.broadcast(buf, 0)
+        self._set_train(False)
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in self.valid_loader:
+            data = self._to_device(batch)
+            b = batch["noisy"].shape[0]
+            parts = self.step.valid_step(data.pop("noisy"), data.pop("clean"), **data)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * b
+            n += b
+        keys = sorted(sums)
+        totals = all_reduce_sum([sums[k] for k in keys] + [float(n)], self.dist)
+        count = totals[-1]
+        self._set_train(True)
+        return {k: totals[i] / max(1.0, count) for i, k in enumerate(keys)} | {"utterances": count}
+
+    def end_of_epoch(self, valid: dict[str, float]) -> bool:
+        """Plateau bookkeeping; returns True when training should stop early."""
+        p, conf = self.progress, self.conf
+        loss = valid["loss"]
+        improved = loss < p.best_valid_loss
+        if improved:
+            p.best_valid_loss = loss
+            p.bad_epochs = 0
+        else:
+            p.bad_epochs += 1
+            if conf["lr_halve_patience"] and p.bad_epochs % conf["lr_halve_patience"] == 0:
+                for opt in self.step.optimizers.values():
+                    for group in opt.param_groups:  # every group (ClearVoice halves only the first)
+                        group["lr"] *= 0.5
+                log.info("no improvement for %d epochs: learning rate halved to %.2e", p.bad_epochs, self._lrs())
+        log.info("epoch %d validation: %s (best %.4f)%s", p.epoch + 1,
+                 " ".join(f"{k}={v:.4f}" for k, v in sorted(valid.items())), p.best_valid_loss,
+                 "" if improved else f", {p.bad_epochs} epoch(s) without improvement")
+        if self.writer is not None:
+            for k, v in valid.items():
+                self.writer.add_scalar(f"valid/{k}", v, p.step)
+        return bool(conf["early_stop_patience"]) and p.bad_epochs >= conf["early_stop_patience"]
+
+    def fit(self) -> None:
+        conf, p = self.conf, self.progress
+        if self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"))
+        log.info("%s: %d processes x batch %d x accumulation %d = effective batch %d; %d updates planned",
+                 conf["network"], self.dist.world_size, conf["batch_size"], self.accum,
+                 conf["batch_size"] * self.dist.world_size * self.accum, self.total_updates())
+        self._step_at_start = p.step
+        stop = self.reached_max_steps()
+        while not stop and p.epoch < conf["max_epoch"]:
+            self.train_one_epoch()
+            epoch_done = not self.reached_max_steps() or p.batch_in_epoch >= len(self.train_loader.sampler._indices())
+            valid = self.validate()
+            stop = self.end_of_epoch(valid)
+            if epoch_done:
+                p.epoch += 1
+                p.batch_in_epoch = 0
+            self.save(valid["loss"])
+            stop = stop or self.reached_max_steps()
+        if self.writer is not None:
+            self.writer.close()
+        log.info("training finished after %d updates (%d epochs); best validation loss %.4f",
+                 p.step, p.epoch, p.best_valid_loss)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Enhance the noisy side (wav.scp) of a data dir with a trained experiment, in nj parallel jobs.
+set -euo pipefail
+
+cmd=${SE_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}/steps/run.sh  # job runner (see cmd.sh)
+nj=4                   # number of parallel jobs
+network=               # network name (only needed for ClearVoice release checkpoints)
+checkpoint=            # checkpoint file; default: the experiment dir's best checkpoint
+clearvoice_compat=false  # reproduce ClearVoice's decode path instead of ours
+output_subtype=PCM_16  # PCM_16 or FLOAT
+extra_args=            # more options for se.bin.enhance, e.g. "--segment-length 20"
+
+echo "$0 $*"
+help_message="Usage: $0 [options] <exp-dir> <data-dir> <out-dir>
+e.g.: $0 --nj 4 exp/frcrn data/test exp/frcrn/enhanced/test"
+. "$(dirname "$0")/parse_options.sh"
+
+if [ $# -ne 3 ]; then
+  echo "$help_message" >&2
+  exit 1
+fi
+exp=$1 data=$2 out=$3
+
+[ -f "$data/wav.scp" ] || { echo "$0: $data/wav.scp not found; run the data preparation stage first" >&2; exit 1; }
+[ -n "$checkpoint" ] || checkpoint=$exp
+[ -e "$checkpoint" ] || { echo "$0: $checkpoint not found; run the training stage first" >&2; exit 1; }
+num_utts=$(wc -l < "$data/wav.scp")
+[ "$nj" -le "$num_utts" ] || nj=$num_utts
+
+compat_opt=()
+[ "$clearvoice_compat" = true ] && compat_opt=(--clearvoice-compat)
+network_opt=()
+[ -n "$network" ] && network_opt=(--network "$network")
+
+mkdir -p "$out/log"
+# shellcheck disable=SC2086
+$cmd JOB=1:"$nj" "$out/log/enhance.JOB.log" \
+  python -m se.bin.enhance "${network_opt[@]}" --checkpoint "$checkpoint" --input "$data/wav.scp" \
+    --output-dir "$out" --num-jobs "$nj" --job JOB --output-subtype "$output_subtype" \
+    "${compat_opt[@]}" $extra_args
+
+# wav.scp of the outputs, for scoring; every input must have its output
+awk -v d="$(cd "$out" && pwd)" '{print $1" "d"/"$1".wav"}' "$data/wav.scp" > "$out/wav.scp.tmp"
+while read -r utt path; do
+  [ -s "$path" ] || { echo "$0: missing output $path (see $out/log/enhance.*.log)" >&2; rm -f "$out/wav.scp.tmp"; exit 1; }
+done < "$out/wav.scp.tmp"
+mv "$out/wav.scp.tmp" "$out/wav.scp"
+echo "$0: enhanced $num_utts utterances of $data into $out"

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run jobs through Slurm (sbatch array job), Kaldi slurm.pl style (the logic is in se/jobs.py):
+#   steps/slurm.sh [--config conf/slurm.conf] [--gpu N] [--mem M] [--num-threads N] \
+#     [--max-jobs-run N] [--num-nodes M] [JOB=1:N] LOGFILE command ...
+# e.g.: steps/slurm.sh --gpu 1 --num-nodes 2 exp/x/log/train.log steps/lib/torchrun_node.sh ...
+exec python3 -I "$(dirname "${BASH_SOURCE[0]}")/../se/jobs.py" slurm "$@"

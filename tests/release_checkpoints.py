@@ -1,0 +1,48 @@
+"""Build ClearVoice release-format checkpoints from the state-dict manifests (for tests).
+
+A release checkpoint is ``{'model': state_dict}`` holding exactly the manifest's keys, filled
+with shared/clearvoice_compat/parity_fill.py. Constants (STFT kernels, rotary frequencies)
+keep their constructed values: they are taken from OUR module's state dict (after mapping our
+keys to release keys with ``release_constants``) so a wrong construction fails the parity test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def load_manifest(compat_dir: Path, name: str) -> dict:
+    return json.loads((Path(compat_dir) / f"{name}.state_dict.json").read_text())
+
+
+def release_state_dict(manifest: dict, constants: dict[str, torch.Tensor], parity_fill_module) -> dict:
+    """The manifest's keys, in its order, filled by the parity rule.
+
+    ``constants``: release key -> constructed tensor for every entry parity_fill keeps.
+    """
+    pf = parity_fill_module
+    aliases = {e["key"]: e.get("alias_of") or e["key"] for e in manifest["entries"]}
+    out = {}
+    for e in manifest["entries"]:
+        key, shape = e["key"], tuple(e["shape"])
+        dtype = getattr(torch, e["dtype"])
+        if pf.keeps_constructed_value(key):
+            if key not in constants:
+                raise KeyError(f"constant {key} not provided by our module")
+            value = constants[key].detach().clone().to(dtype)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{key}: our constant has shape {tuple(value.shape)}, manifest {shape}")
+            out[key] = value
+        else:
+            out[key] = pf.fill_tensor(aliases[key], shape, dtype)
+    return out
+
+
+def write_release_checkpoint(path: Path, state_dict: dict, module_prefix: bool = False) -> Path:
+    if module_prefix:
+        state_dict = {f"module.{k}": v for k, v in state_dict.items()}
+    torch.save({"model": state_dict}, path)
+    return path
