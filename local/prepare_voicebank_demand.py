@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""VoiceBank-DEMAND (Valentini-Botinhao et al., 2016; 28-speaker set): verify, unpack, prepare.
+r"""VoiceBank-DEMAND (Valentini-Botinhao et al., 2016; 28-speaker set): verify, unpack, prepare.
 
     local/prepare_voicebank_demand.py check-layout ROOT [--expected-train 11572 --expected-test 824]
     local/prepare_voicebank_demand.py unpack ZIP ROOT --expected 11572
@@ -163,6 +163,12 @@ def split_speakers(pairs: dict, valid_speakers: list[str], where: Path) -> tuple
     return train, valid
 
 
+def dump_path(dump_dir: Path, rate: int, path: str) -> str:
+    """DUMP_DIR/<16k>/<corpus folder>/<file name>: the corpus layout at another rate."""
+    p = Path(path)
+    return str(dump_dir / rate_tag(rate) / p.parent.name / p.name)
+
+
 def _resample_file(job: tuple[str, str, int]) -> tuple[str, int]:
     src, dst, rate = job
     x, rate_in = read_audio(src)
@@ -208,17 +214,14 @@ def prepare(root: Path, out_dir: Path, dump_dir: Path, valid_speakers: list[str]
     if "test" in sets:
         pairs["test"] = pairs_from_dirs(*(root / f for f in FOLDERS["test"]))
     pairs = {s: pairs[s] for s in sets}
-    native = audio_info(next(iter(next(iter(pairs.values())).values()))[0]).samplerate
+    first_noisy = next(iter(pairs[sets[0]].values()))[0]
+    native = audio_info(first_noisy).samplerate
     for rate in rates:
         if rate == native:
             at_rate = pairs
         else:
-            # dump/<16k>/<corpus folder>/<file name>: the corpus layout at the new rate
-            def moved(path: str) -> str:
-                p = Path(path)
-                return str(dump_dir / rate_tag(rate) / p.parent.name / p.name)
-
-            at_rate = {s: {u: (moved(n), moved(c)) for u, (n, c) in ps.items()} for s, ps in pairs.items()}
+            at_rate = {s: {u: (dump_path(dump_dir, rate, n), dump_path(dump_dir, rate, c)) for u, (n, c) in ps.items()}
+                       for s, ps in pairs.items()}
             jobs = [(src, dst, rate) for s in sets for u in pairs[s]
                     for src, dst in zip(pairs[s][u], at_rate[s][u])]
             resample_files(jobs, nj)

@@ -82,21 +82,29 @@ def read_audio(
     Returns float32 samples (frames,) and the sample rate.
     """
     ctx = f" ({where})" if where else ""
-    info = audio_info(path)
-    if expected_rate is not None and info.samplerate != expected_rate:
-        raise AudioError(
-            f"{path}{ctx}: sample rate {info.samplerate} Hz, expected {expected_rate} Hz; "
-            "resample the corpus in the data preparation stage (e.g. local/prepare_data.py "
-            f"--fs {expected_rate}), never at load time"
-        )
-    if mono and info.channels != 1:
-        raise AudioError(f"{path}{ctx}: {info.channels} channels, expected mono")
     try:
-        x, rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=False)
-    except Exception as exc:
-        raise AudioError(f"{path}{ctx}: cannot read audio ({exc})") from exc
+        f = sf.SoundFile(str(path))  # one open: header checks and the read share it
+    except Exception:
+        audio_info(path)  # raises the specific error (missing, empty, unreadable)
+        raise
+    with f:
+        if expected_rate is not None and f.samplerate != expected_rate:
+            raise AudioError(
+                f"{path}{ctx}: sample rate {f.samplerate} Hz, expected {expected_rate} Hz; "
+                f"prepare the data at {expected_rate} Hz (the recipe's data preparation stage resamples "
+                "once); training never resamples"
+            )
+        if mono and f.channels != 1:
+            raise AudioError(f"{path}{ctx}: {f.channels} channels, expected mono")
+        try:
+            if start:
+                f.seek(start)
+            x = f.read(frames, dtype="float32", always_2d=False)
+        except Exception as exc:
+            raise AudioError(f"{path}{ctx}: cannot read audio ({exc})") from exc
+        rate = f.samplerate
     if x.ndim > 1:
-        x = x[:, 0] if not mono else x
+        x = x[:, 0]
     if x.size == 0:
         raise AudioError(f"{path}{ctx}: no samples")
     return x, rate

@@ -144,17 +144,20 @@ def load_network(path: str | Path, network: str | None = None, device="cpu"):
         name = network
         model = build_network(name, {})  # release files hold the released architecture
     state = model_state_from_file(obj)
-    load_into(model, state, file, name)
+    load_into(model, state, file, name, release_format=not ours)
     model.to(device).eval()
     return model, {"network": name, "file": str(file), "format": "ours" if ours else "clearvoice"}
 
 
-def load_into(model: torch.nn.Module, state: dict, file, name: str) -> None:
-    """Strict load with ClearVoice key mapping; a mismatch names the file and the keys."""
-    try:
-        state = type(model).convert_clearvoice_state_dict(strip_prefixes(state))
-    except ValueError as exc:
-        raise CheckpointError(f"{file}: not a {name} checkpoint: {exc}") from None
+def load_into(model: torch.nn.Module, state: dict, file, name: str, release_format: bool = True) -> None:
+    """Strict load (release files through the network's key mapping); a mismatch names the
+    file and the keys."""
+    state = strip_prefixes(state)
+    if release_format:
+        try:
+            state = type(model).convert_clearvoice_state_dict(state)
+        except ValueError as exc:
+            raise CheckpointError(f"{file}: not a {name} checkpoint: {exc}") from None
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

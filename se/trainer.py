@@ -220,6 +220,7 @@ class Progress:
     bad_epochs: int = 0
     bad_steps_in_row: int = 0
     skipped_steps: int = 0
+    stopped_early: bool = False  # early stopping happened: a re-run does not train on
     history: dict = field(default_factory=dict)  # checkpoint file -> valid loss
 
 
@@ -436,6 +437,49 @@ class Trainer:
         self._set_train(True)
         return {k: totals[i] / max(1.0, count) for i, k in enumerate(keys)} | {"utterances": count}
 
+    @torch.no_grad()
+    def log_valid_examples(self) -> dict[str, float]:
+        """SI-SDR / PESQ of a few fixed validation utterances (whole files, default decode
+        path), and their audio and spectrograms, to tensorboard. Rank 0 only."""
+        num = self.conf["valid_utterances_to_log"]
+        if self.writer is None or num <= 0:
+            return {}
+        from se.audio import read_audio
+        from se.enhance import enhance_signal
+        from se.metrics.pesq_mos import pesq_wb
+        from se.metrics.sdr import si_sdr
+        from se.resample import resample
+
+        data = self.valid_loader.dataset.data
+        rate = self.conf["sampling_rate"]
+        model = unwrap(self.step.modules["model"])
+        model.eval()
+        scores: dict[str, list[float]] = {"si_sdr": [], "pesq_wb": []}
+        for i, u in enumerate(data.utterances[:num]):
+            noisy, _ = read_audio(u.noisy, expected_rate=rate)
+            clean, _ = read_audio(u.clean, expected_rate=rate)
+            est = enhance_signal(model, noisy, segment=10 * rate, overlap=rate, device=self.dist.device)
+            scores["si_sdr"].append(si_sdr(clean, est))
+            try:
+                scores["pesq_wb"].append(pesq_wb(resample(clean, rate, 16000), resample(est, rate, 16000)))
+            except Exception:  # silent or too short: PESQ undefined for this utterance
+                pass
+            step = self.progress.step
+            peak = max(1e-6, float(np.abs(est).max()))
+            self.writer.add_audio(f"valid_audio/{u.utt}/enhanced", torch.from_numpy(est / peak).float()[None],
+                                  step, sample_rate=rate)
+            if step == 0 or not getattr(self, "_logged_inputs", False):
+                for name, x in (("noisy", noisy), ("clean", clean)):
+                    self.writer.add_audio(f"valid_audio/{u.utt}/{name}", torch.from_numpy(x).float()[None],
+                                          step, sample_rate=rate)
+            self.writer.add_figure(f"valid_spectrogram/{u.utt}", spectrogram_figure(noisy, est, clean, rate), step)
+        self._logged_inputs = True
+        model.train()
+        means = {f"examples_{k}": float(np.mean(v)) for k, v in scores.items() if v}
+        for k, v in means.items():
+            self.writer.add_scalar(f"valid/{k}", v, self.progress.step)
+        return means
+
     def end_of_epoch(self, valid: dict[str, float]) -> bool:
         """Plateau bookkeeping; returns True when training should stop early."""
         p, conf = self.progress, self.conf
@@ -469,18 +513,45 @@ class Trainer:
                  conf["network"], self.dist.world_size, conf["batch_size"], self.accum,
                  conf["batch_size"] * self.dist.world_size * self.accum, self.total_updates())
         self._step_at_start = p.step
+        if p.stopped_early:
+            log.info("training in %s stopped early already (best validation loss %.4f); use --start-over "
+                     "to train again", self.exp_dir, p.best_valid_loss)
+            return
         stop = self.reached_max_steps()
         while not stop and p.epoch < conf["max_epoch"]:
             self.train_one_epoch()
             epoch_done = not self.reached_max_steps() or p.batch_in_epoch >= len(self.train_loader.sampler._indices())
             valid = self.validate()
+            if self.dist.is_main:
+                log.info("validation examples: %s", " ".join(
+                    f"{k}={v:.3f}" for k, v in self.log_valid_examples().items()) or "none")
             stop = self.end_of_epoch(valid)
             if epoch_done:
                 p.epoch += 1
                 p.batch_in_epoch = 0
+            p.stopped_early = stop
             self.save(valid["loss"])
             stop = stop or self.reached_max_steps()
         if self.writer is not None:
             self.writer.close()
         log.info("training finished after %d updates (%d epochs); best validation loss %.4f",
                  p.step, p.epoch, p.best_valid_loss)
+
+
+def spectrogram_figure(noisy: np.ndarray, enhanced: np.ndarray, clean: np.ndarray, rate: int):
+    """Noisy / enhanced / clean log spectrograms, one above the other (matplotlib figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True)
+    n_fft = 512 * max(1, rate // 16000)
+    for ax, (name, x) in zip(axes, (("noisy", noisy), ("enhanced", enhanced), ("clean", clean))):
+        with np.errstate(divide="ignore"):
+            ax.specgram(np.asarray(x, dtype=np.float64) + 1e-9, NFFT=n_fft, Fs=rate, noverlap=n_fft // 2,
+                        cmap="magma", vmin=-120)
+        ax.set_ylabel(f"{name}\nHz")
+    axes[-1].set_xlabel("s")
+    fig.tight_layout()
+    return fig

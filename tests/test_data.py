@@ -57,15 +57,17 @@ def test_dataset_reads_only_segment_same_gain_deterministic(tmp_path, monkeypatc
     data = make_dir(tmp_path, "train", 3, 1.0, 16000)
     ds = SegmentDataset(data, 16000, 4000, seed=5)
     reads = []
-    real_read = sf.read
+    real_read = sf.SoundFile.read
 
-    def spy(path, *a, **k):
-        reads.append(k.get("frames"))
-        return real_read(path, *a, **k)
+    def spy(self, frames=-1, *a, **k):
+        reads.append(frames)
+        return real_read(self, frames, *a, **k)
 
-    monkeypatch.setattr(sf, "read", spy)
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
     item = ds[1]
     assert reads == [4000, 4000]  # only the segment, noisy and clean
+    monkeypatch.undo()
+    real_read = sf.read
     assert item["noisy"].shape == (4000,)
     # same gain on both: the SNR of the segment equals the file's SNR on that segment
     u = data.utterances[1]
@@ -97,7 +99,7 @@ def test_short_utterance_is_zero_padded(tmp_path):
 def test_wrong_rate_at_load_points_to_preparation(tmp_path):
     data = make_dir(tmp_path, "train", 1, 0.5, 16000)
     ds = SegmentDataset(data, 48000, 4000)
-    with pytest.raises(AudioError, match=r"wav.scp line 1\).*expected 48000 Hz; resample the corpus in the data preparation"):
+    with pytest.raises(AudioError, match=r"wav.scp line 1\).*expected 48000 Hz; prepare the data at 48000 Hz \(the recipe.s data preparation stage"):
         ds[0]
 
 

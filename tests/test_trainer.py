@@ -168,3 +168,25 @@ def test_bad_data_dir_is_a_clear_error(data, tmp_path):
     cmd[cmd.index(str(data / "train"))] = str(tmp_path / "nope")
     out = subprocess.run(cmd, env=env(), capture_output=True, text=True)
     assert out.returncode == 1 and "nope: data directory not found" in out.stderr
+
+
+def test_average_best_checkpoints(data, tmp_path):
+    exp = tmp_path / "avg"
+    subprocess.run(train_cmd(data, exp, "--max_epoch", "3", "--keep_best", "3", "--valid_utterances_to_log", "1"),
+                   env=env(), check=True, capture_output=True)
+    assert (exp / "tensorboard").is_dir()
+    from se.bin import average_checkpoints
+
+    assert average_checkpoints.main(["--exp-dir", str(exp), "--num", "2"]) == 0
+    history = final_model(exp)["trainer"]["history"]
+    best2 = sorted(history, key=history.get)[:2]
+    a, b = (torch.load(exp / n, weights_only=False)["model"] for n in best2)
+    avg = torch.load(exp / "model.avg2.pt", weights_only=False)
+    key = "unet.encoder1.conv.conv_re.weight"
+    torch.testing.assert_close(avg["model"][key], (a[key] + b[key]) / 2)
+    assert avg["averaged_from"] == best2 and avg["network"] == "FRCRN_SE_16K"
+    from se.checkpoint import load_network
+
+    model, info = load_network(exp / "model.avg2.pt")
+    assert info["format"] == "ours"
+    assert average_checkpoints.main(["--exp-dir", str(tmp_path / "nothing"), "--num", "2"]) == 1

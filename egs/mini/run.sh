@@ -15,14 +15,16 @@ ngpu=0                 # GPUs per node for training (0 = CPU)
 num_nodes=1            # nodes for training (more than 1 needs cmd_backend=slurm)
 nj=2                   # parallel jobs for enhancement and scoring
 tag=                   # experiment name; default <network>
-train_args=            # extra training options, e.g. "--max_epoch 2 --batch_size 4"
+train_args=            # extra training options (shell quoting), e.g. "--max_epoch 2 --batch_size 4"
+metrics=all            # metrics of the scoring stage (se.bin.score --metrics), e.g. "pesq_wb,stoi,si_sdr"
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
 
-cd "$(dirname "$0")"
-. ../../path.sh
-. ../../cmd.sh
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../../path.sh"
+. "$here/../../cmd.sh"
 . "$SE_ROOT/steps/parse_options.sh"
+cd "$here"
 
 if [ -z "$fs" ]; then
   fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
@@ -63,9 +65,9 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   for set in train valid; do
     [ -f "$data/$set/wav.scp" ] || { log "$data/$set is missing; run stage 1 first"; exit 1; }
   done
-  # shellcheck disable=SC2086
+  eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
   "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
-    --train-data "$data/train" --valid-data "$data/valid" --exp-dir "$exp" -- $train_args
+    --train-data "$data/train" --valid-data "$data/valid" --exp-dir "$exp" -- "${extra[@]}"
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
@@ -77,8 +79,8 @@ fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "Stage 5: score noisy and enhanced test audio; write $exp/RESULTS.md"
   [ -f "$exp/enhanced/test/wav.scp" ] || { log "no enhanced audio in $exp/enhanced/test; run stage 4 first"; exit 1; }
-  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" "$data/test/spk1.scp" "$data/test/wav.scp" "$exp/scores/test/noisy"
-  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" "$data/test/spk1.scp" "$exp/enhanced/test/wav.scp" "$exp/scores/test/enhanced"
+  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/test/spk1.scp" "$data/test/wav.scp" "$exp/scores/test/noisy"
+  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/test/spk1.scp" "$exp/enhanced/test/wav.scp" "$exp/scores/test/enhanced"
   python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores"
   cat "$exp/RESULTS.md"
 fi

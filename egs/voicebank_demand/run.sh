@@ -4,7 +4,7 @@
 # <expdir>/<tag>/RESULTS.md. See README.md for the published numbers to compare with.
 #   e.g.: ./run.sh --vbd_root /corpora/VoiceBank-DEMAND              # FRCRN_SE_16K, stages 0-5
 #         ./run.sh --network MossFormer2_SE_48K --ngpu 1             # trained on the 48 kHz data
-#         ./run.sh --init FRCRN_SE_16K/last_best_checkpoint.pt --tag FRCRN_SE_16K_ft  # fine-tune
+#         ./run.sh --init /path/to/FRCRN_SE_16K_release.pt --tag FRCRN_SE_16K_ft  # fine-tune
 #         ./run.sh --train_list tr.scp --valid_list cv.scp           # ClearVoice lists, no corpus prep
 # Stages: 0 download (or verify --vbd_root), 1 data dirs, 2 validate them, 3 train, 4 enhance the
 # test set, 5 score it. A finished stage leaves a .done marker holding its inputs and is skipped
@@ -12,14 +12,17 @@
 # Relative paths in options are relative to this directory.
 set -euo pipefail
 
+# shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
+# shellcheck disable=SC1091
 . "$SE_ROOT/cmd.sh"
+# shellcheck source=SCRIPTDIR/db.sh
 . "$(dirname "$0")/db.sh"
 
 stage=0                 # first stage to run
 stop_stage=5            # last stage to run
 network=FRCRN_SE_16K    # FRCRN_SE_16K or MossFormerGAN_SE_16K (16 kHz data), MossFormer2_SE_48K (48 kHz)
-vbd_root=$VBD_ROOT      # an unpacked copy of the corpus (default from db.sh); empty: download it
+vbd_root=${VBD_ROOT:-}  # an unpacked copy of the corpus (default from db.sh); empty: download it
 download_dir=downloads/VoiceBank-DEMAND  # where stage 0 downloads and unpacks the corpus
 expected_train=11572    # wav files in each training folder (noisy and clean)
 expected_test=824       # wav files in each test folder (noisy and clean)
@@ -45,7 +48,10 @@ e.g.: $0 --vbd_root /corpora/VoiceBank-DEMAND --network FRCRN_SE_16K --ngpu 1"
 cd "$(dirname "$0")"
 
 conf=conf/train_${network}.yaml
-[ -f "$conf" ] || { log "no $conf: networks with a config are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | xargs)"; exit 1; }
+if [ ! -f "$conf" ]; then
+  log "no $conf: networks with a config are $(cd conf && printf '%s ' train_*.yaml | sed 's/train_\([^ ]*\)\.yaml/\1/g')"
+  exit 1
+fi
 fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
 data=$datadir/$((fs / 1000))k   # the network's rate: 16k or 48k
 [ -n "$tag" ] || tag=$network
@@ -57,7 +63,10 @@ corpus=${vbd_root:-$download_dir}
 use_lists=false
 need_corpus=true
 if [ -n "$train_list$valid_list$test_list" ]; then
-  [ -n "$train_list" ] && [ -n "$valid_list" ] || { log "--train_list and --valid_list go together"; exit 1; }
+  if [ -z "$train_list" ] || [ -z "$valid_list" ]; then
+    log "--train_list and --valid_list go together"
+    exit 1
+  fi
   use_lists=true
   [ -z "$test_list" ] || need_corpus=false
 fi
@@ -91,7 +100,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
-  log "Stage 1: data dirs in $datadir/{16k,48k}/{train,valid,test}"
+  log "Stage 1: data dirs in $datadir/<rate>/{train,valid,test} at $rates Hz"
   if stage_done "$datadir/.stage1.done" "$data_sig"; then
     log "the data dirs are prepared already, skipping ($datadir/.stage1.done)"
   else
@@ -108,7 +117,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
       done
     fi
     if $need_corpus; then
-      if $use_lists; then sets=test; else sets="train valid test"; fi
+      if $use_lists; then sets="test"; else sets="train valid test"; fi
       python "$SE_ROOT/local/prepare_voicebank_demand.py" prepare "$corpus" --out-dir "$datadir" \
         --dump-dir "$dumpdir" --valid-speakers "$valid_speakers" --rates "$rates" --sets "$sets" --nj "$nj"
     fi
@@ -121,7 +130,10 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   if stage_done "$datadir/.stage2.done" "$data_sig"; then
     log "the data dirs were validated already, skipping ($datadir/.stage2.done)"
   else
-    stage_done "$datadir/.stage1.done" "$data_sig" || { log "the data dirs are not prepared; run stage 1 first"; exit 1; }
+    if ! stage_done "$datadir/.stage1.done" "$data_sig"; then
+      log "the data dirs are not prepared; run stage 1 first"
+      exit 1
+    fi
     for rate in $rates; do
       python -m se.bin.validate_data_dir "$datadir/$((rate / 1000))k"/{train,valid,test} --fs "$rate"
     done
@@ -166,9 +178,13 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   [ -f "$exp/enhanced/test/.done" ] || { log "no enhanced audio in $exp/enhanced/test; run stage 4 first"; exit 1; }
   metrics=${metrics// /,}
   for kind in noisy enhanced; do
-    if [ $kind = noisy ]; then est=$data/test/wav.scp; else est=$exp/enhanced/test/wav.scp; fi
-    score_sig="metrics=$metrics $(cat "$exp/enhanced/test/.done")"
-    [ $kind = enhanced ] || score_sig="metrics=$metrics $data_sig"  # the baseline needs no model
+    if [ $kind = noisy ]; then  # the baseline: the same for every model
+      est=$data/test/wav.scp
+      score_sig="metrics=$metrics $data_sig"
+    else
+      est=$exp/enhanced/test/wav.scp
+      score_sig="metrics=$metrics $(cat "$exp/enhanced/test/.done")"
+    fi
     if stage_done "$exp/scores/test/$kind/.done" "$score_sig"; then
       log "$exp/scores/test/$kind is up to date, skipping"
       continue

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             write_provenance(exp_dir / "train_provenance.yaml", sys.argv if argv is None else ["se.bin.train", *argv])
         trainer.resume_or_init()
         trainer.fit()
-    except (config_lib.ConfigError, CheckpointError, DataDirError, AudioError, FloatingPointError) as exc:
+    except (config_lib.ConfigError, CheckpointError, DataDirError, AudioError, FloatingPointError,
+            ValueError) as exc:  # ValueError: e.g. bad network_kwargs for the network's constructor
         log.error("%s", exc)
         return 1
     finally:

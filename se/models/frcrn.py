@@ -14,13 +14,17 @@ frequency), with complex squeeze-and-excitation (SE) on the skip paths and a com
 time-FSMN at the bottleneck.
 
 Shape legend: B batch, L samples, T STFT frames, F frequency bins (fft_len // 2 + 1 = 321),
-C channels, S the FSMN sequence axis (frequency, or time at the bottleneck).
-Complex feature maps are stored "channel-stacked": a real tensor (B, 2C, F, T) whose first C
-channels are the real plane and last C the imaginary plane.  With this layout a complex
-convolution is ONE real convolution with the block weight [[W_re, -W_im], [W_im, W_re]],
-a complex batch norm (two independent real BNs, spec §4.1) is one BN over 2C channels and
-the STFT output (B, 2F, T) is already a 1-channel complex map (B, 2, F, T); no (..., 2)
-permutes or per-plane copies are needed.
+C channels, S the FSMN sequence axis (frequency, or time at the bottleneck), W the other
+spatial axis, K the FSMN memory length (lorder).
+Complex feature maps are real tensors (B, F, T, 2C), channels last: the first C channels are
+the real plane, the last C the imaginary plane.  With this layout
+* a complex convolution is ONE real convolution with the block weight
+  [[W_re, -W_im], [W_im, W_re]], run on the channels-last NCHW view ``x.permute(0, 3, 1, 2)``
+  (oneDNN's fastest format; its output permutes back to (B, F', T', 2C') without a copy);
+* a complex batch norm (two independent real BNs, spec §4.1) is one BN over 2C channels;
+* the FSMN's linear layers are plain matrix products over the channel axis, and its causal
+  memory is a banded matrix product (see ``_causal_memory``);
+no (..., 2) real/imag permutes or per-plane convolutions are needed.
 
 Differences from the reference code that do not change any output:
 * only the numbered sub-module names are kept (``encoder3``, not ``encoders.3``):
@@ -32,6 +36,7 @@ Differences from the reference code that do not change any output:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -58,9 +63,12 @@ def _sqrt_window(win_type: str | None, win_len: int) -> np.ndarray:
     """sqrt of a periodic scipy window (float64); 'hanning' means scipy's 'hann' (spec §3)."""
     if win_type is None or str(win_type).lower() == "none":
         return np.ones(win_len)
-    from scipy.signal import get_window
-
     name = "hann" if win_type == "hanning" else win_type
+    if name == "hann":  # scipy.signal.get_window('hann', N, fftbins=True), same float64 ops
+        phase = np.linspace(-np.pi, np.pi, win_len + 1)[:-1]
+        return np.sqrt(0.5 + 0.5 * np.cos(phase))
+    from scipy.signal import get_window  # slow import: only for other windows
+
     try:
         window = get_window(name, win_len, fftbins=True)
     except ValueError as exc:
@@ -78,7 +86,10 @@ def stft_kernels(win_len: int, fft_len: int, win_type: str | None):
     window = _sqrt_window(win_type, win_len)  # (win_len,)
     basis = np.fft.rfft(np.eye(fft_len))[:win_len]  # (win_len, F) complex
     basis = np.concatenate([basis.real, basis.imag], 1).T  # (2F, win_len)
-    inverse = np.linalg.pinv(basis).T * window  # (2F, win_len)
+    # pinv(basis) = (B^T B)^-1 B^T: B has full column rank and B^T B condition number ~2, so
+    # this equals numpy.linalg.pinv to ~1e-16 (float32 kernels agree to 3e-17) without an SVD
+    pinv = np.linalg.solve(basis.T @ basis, basis.T)  # (win_len, 2F)
+    inverse = pinv.T * window  # (2F, win_len)
     forward = basis * window  # (2F, win_len)
     return (
         torch.from_numpy(forward[:, None, :]).float(),
@@ -152,7 +163,7 @@ class ComplexBatchNorm2d(nn.Module):
         scale = self._cat("weight") / torch.sqrt(self._cat("running_var") + _BN_EPS)
         return scale, self._cat("bias") - self._cat("running_mean") * scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, F, T)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, F, T) NCHW view
         if not self.uses_batch_stats():
             scale, shift = self.eval_affine()
             return torch.addcmul(shift[:, None, None], x, scale[:, None, None])
@@ -187,11 +198,11 @@ class ComplexConv2d(nn.Module):
         weight = _complex_block(re.weight, im.weight, 0, 1)  # (2Cout, 2Cin, kF, kT)
         return weight, torch.cat([re.bias - im.bias, re.bias + im.bias])  # (2Cout,)
 
-    def conv(self, x, weight, bias):
+    def conv(self, x, weight, bias):  # x: (B, 2Cin, F, T) NCHW view -> (B, 2Cout, F', T')
         return F.conv2d(x, weight, bias, self.conv_re.stride, self.conv_re.padding)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2Cin, F, T)
-        return self.conv(x, *self.real_weight())  # (B, 2Cout, F', T')
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2Cin)
+        return _channels_last(self.conv(x.permute(0, 3, 1, 2), *self.real_weight()))
 
 
 class ComplexConvTranspose2d(nn.Module):
@@ -209,11 +220,34 @@ class ComplexConvTranspose2d(nn.Module):
         weight = _complex_block(re.weight, im.weight, 1, 0)  # (2Cin, 2Cout, kF, kT)
         return weight, torch.cat([re.bias - im.bias, re.bias + im.bias])  # (2Cout,)
 
-    def conv(self, x, weight, bias):
+    def conv(self, x, weight, bias):  # x: (B, 2Cin, F, T) NCHW view -> (B, 2Cout, F', T')
         return F.conv_transpose2d(x, weight, bias, self.tconv_re.stride, self.tconv_re.padding)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2Cin, F, T)
-        return self.conv(x, *self.real_weight())  # (B, 2Cout, F', T')
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2Cin)
+        return _channels_last(self.conv(x.permute(0, 3, 1, 2), *self.real_weight()))
+
+
+def _channels_last(y: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, T) NCHW view -> (B, F, T, C) contiguous (free for channels-last tensors)."""
+    return y.permute(0, 2, 3, 1).contiguous()
+
+
+def _reuse(owner: nn.Module, tag: str, sources, build):
+    """``build()``'s tensors, derived from the ``sources`` parameters/buffers.
+
+    While no autograd graph is recorded (inference) they are kept on ``owner`` and reused
+    until a source changes (storage, version counter, dtype or device); FRCRN drops them on
+    ``train()`` / ``eval()`` / ``to()``.
+    """
+    if torch.is_grad_enabled():
+        return build()
+    key = (owner.training,) + tuple(
+        (t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device) for t in sources
+    )
+    cache = owner.__dict__.setdefault("_reused", {})
+    if tag not in cache or cache[tag][0] != key:
+        cache[tag] = (key, build())
+    return cache[tag][1]
 
 
 class _ConvBlock(nn.Module):
@@ -222,17 +256,24 @@ class _ConvBlock(nn.Module):
     def _layer(self):
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2Cin, F, T)
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real block weight and bias, with the BN folded in when it uses running stats."""
         layer = self._layer()
         weight, bias = layer.real_weight()
         if self.bn.uses_batch_stats():
-            y = self.bn(layer.conv(x, weight, bias))  # (B, 2Cout, F', T')
-        else:
-            scale, shift = self.bn.eval_affine()  # (2Cout,)
-            shape = [1] * weight.dim()
-            shape[layer.weight_out_dim] = -1
-            y = layer.conv(x, weight * scale.view(shape), bias * scale + shift)
-        return F.leaky_relu(y, _LEAKY_SLOPE, inplace=True)
+            return weight, bias
+        scale, shift = self.bn.eval_affine()  # (2Cout,)
+        shape = [1] * weight.dim()
+        shape[layer.weight_out_dim] = -1
+        return weight * scale.view(shape), bias * scale + shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2Cin)
+        weight, bias = _reuse(self, "weights", list(self.parameters()) + list(self.buffers()),
+                              self._weights)
+        y = self._layer().conv(x.permute(0, 3, 1, 2), weight, bias)  # (B, 2Cout, F', T') NHWC
+        if self.bn.uses_batch_stats():
+            y = self.bn(y)
+        return _channels_last(F.leaky_relu(y, _LEAKY_SLOPE, inplace=True))  # (B, F', T', 2Cout)
 
 
 class Encoder(_ConvBlock):
@@ -268,67 +309,105 @@ class UniDeepFsmn(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, (lorder, 1), groups=channels, bias=False)
 
 
-# Above this sequence length the FSMN memory runs as a depthwise conv instead of a banded
-# matrix product (the (S, S) matrices grow quadratically); only the bottleneck time FSMN of
-# inputs longer than ~7 s gets there.
-_BANDED_MAX_SEQ = 256
+# The FSMN memory runs blockwise: S is cut into blocks of about this many steps and every block
+# is one banded (Q, Q + K - 1) matrix product with itself and the K - 1 steps before it.
+_MEMORY_BLOCK = 32
 
 
-def _memory_matrices(taps: torch.Tensor, seq: int) -> torch.Tensor:
-    """Lower-banded Toeplitz matrices of a causal memory: (N, K) taps -> (N, S, S).
+def _memory_block(seq: int, lorder: int) -> int:
+    """Block length Q for a sequence of S steps: S itself when short, else a divisor of S
+    near _MEMORY_BLOCK (no padding needed), else _MEMORY_BLOCK-ish with a padded last block."""
+    if seq <= 2 * _MEMORY_BLOCK:
+        return seq
+    smallest = max(lorder - 1, _MEMORY_BLOCK // 2)
+    divisors = [q for q in range(smallest, 2 * _MEMORY_BLOCK + 1) if seq % q == 0]
+    if divisors:
+        return min(divisors, key=lambda q: abs(q - _MEMORY_BLOCK))
+    return max(math.ceil(seq / math.ceil(seq / _MEMORY_BLOCK)), lorder - 1)
 
-    M[n, s, s'] = taps[n, K - 1 - (s - s')] for 0 <= s - s' < K, else 0, so that
-    (M @ p)[s] = sum_k taps[k] * p[s - K + 1 + k] (the reference's left-padded conv).
-    Built as taps @ E with constant 0/1 shift matrices E (K, S*S): one small matrix product
-    forward and backward.
+
+@functools.lru_cache(maxsize=32)
+def _band_shifts(block: int, lorder: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Constant 0/1 matrices E (K, Q * (Q + K - 1)), E[k, q, r] = [r - q == k]."""
+    with torch.inference_mode(False), torch.no_grad():  # usable in autograd later on
+        rows = torch.arange(block, device=device)[:, None]  # (Q, 1)
+        cols = torch.arange(block + lorder - 1, device=device)[None, :]  # (1, Q + K - 1)
+        lags = torch.arange(lorder, device=device)[:, None, None]  # (K, 1, 1)
+        return (cols - rows == lags).to(dtype).view(lorder, -1)
+
+
+def _memory_band(taps: torch.Tensor, block: int) -> torch.Tensor:
+    """(N, K) taps -> (N, 1, Q, Q + K - 1) banded matrices: band[q, r] = taps[r - q]."""
+    channels, lorder = taps.shape
+    shifts = _band_shifts(block, lorder, taps.dtype, taps.device)
+    return (taps @ shifts).view(channels, 1, block, block + lorder - 1)
+
+
+def _causal_memory(p: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    """Per-channel causal FIR along S, out[s] = sum_k taps[k] * p[s - K + 1 + k] (the
+    reference's left-zero-padded depthwise conv), as banded matrix products.
+
+    p: (N, nb * Q, I); band: (N, 1, Q, Q + K - 1) from ``_memory_band`` -> (N, nb * Q, I).
+    Block j of the output is band_cur @ p_block_j + band_prev @ (last K - 1 steps of block
+    j - 1): the band's columns index the steps jQ - K + 1 ... jQ + Q - 1.  Needs Q >= K - 1
+    when there are several blocks.
     """
-    lorder = taps.shape[1]
-    steps = torch.arange(seq, device=taps.device)
-    lag = steps[:, None] - steps[None, :]  # (S, S): s - s'
-    shifts = (lag[None] == (lorder - 1 - torch.arange(lorder, device=taps.device))[:, None, None])
-    shifts = shifts.to(taps.dtype).view(lorder, seq * seq)  # (K, S*S)
-    return (taps @ shifts).view(-1, seq, seq)  # (N, S, S)
+    channels, steps, width = p.shape
+    block, lorder = band.shape[2], band.shape[3] - band.shape[2] + 1
+    blocks = steps // block
+    p = p.view(channels, blocks, block, width)  # (N, nb, Q, I)
+    out = torch.matmul(band[..., lorder - 1 :], p)  # (N, nb, Q, I)
+    if blocks > 1:
+        tail = p[:, :-1, block - lorder + 1 :]  # (N, nb - 1, K - 1, I)
+        out[:, 1:] += torch.matmul(band[..., : lorder - 1], tail)  # (N, nb - 1, Q, I)
+    return out.view(channels, steps, width)
 
 
-def _causal_memory(p: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Per-channel causal FIR along S: p (N, S, I), taps (N, K) -> (N, S, I)."""
-    channels, seq, width = p.shape
-    if seq <= _BANDED_MAX_SEQ:
-        return torch.bmm(_memory_matrices(taps, seq), p)  # (N, S, I)
-    lorder = taps.shape[1]
-    frames = F.pad(p.permute(2, 0, 1), (lorder - 1, 0))  # (I, N, S + K - 1)
-    z = F.conv1d(frames, taps[:, None, :], groups=channels)  # (I, N, S)
-    return z.permute(1, 2, 0)  # (N, S, I)
-
-
-def _complex_fsmn(x: torch.Tensor, fsmn_re: UniDeepFsmn, fsmn_im: UniDeepFsmn) -> torch.Tensor:
-    """real = fsmn_re(x_r) - fsmn_im(x_i), imag = fsmn_re(x_i) + fsmn_im(x_r).
-
-    x: (B, 2C, S, W), memory along S (causal, lorder steps), W is batch-like.
-    The four real FSMN applications run as three matrix products in a channel-major layout
-    (C, S * B * 2 * W): one holds both FSMNs' ``linear`` layers, one (batched) both
-    ``project`` layers and one (batched over channels) the memories as banded matrices,
-    with the P term folded in as +1 on the current-step tap.
-    """
-    batch, channels2, seq, width = x.shape
-    channels, hidden = channels2 // 2, fsmn_re.linear.out_features
-    planes = x.view(batch, 2, channels, seq, width)  # (B, 2, C, S, W)
-    cols = planes.permute(2, 3, 0, 1, 4).reshape(channels, -1)  # (C, S*B*2*W)
-    w_lin = torch.cat([fsmn_re.linear.weight, fsmn_im.linear.weight])  # (2H, C)
-    b_lin = torch.cat([fsmn_re.linear.bias, fsmn_im.linear.bias])  # (2H,)
-    h = torch.relu_(torch.addmm(b_lin[:, None], w_lin, cols))  # (2H, S*B*2*W)
-    w_proj = torch.stack([fsmn_re.project.weight, fsmn_im.project.weight])  # (2, C, H)
-    p = torch.bmm(w_proj, h.view(2, hidden, -1))  # (2, C, S*B*2*W): [P_re ; P_im]
-    taps = torch.cat([fsmn_re.conv1.weight, fsmn_im.conv1.weight]).flatten(1)  # (2C, K)
-    current = torch.zeros_like(taps[0])  # (K,)
+def _fsmn_weights(fsmn_re: UniDeepFsmn, fsmn_im: UniDeepFsmn):
+    """Both real FSMNs' weights stacked: linear with its bias as an extra column (2H, C + 1),
+    project (2, C, H) and the memory taps (2C, K) with +1 on the current step (the P term of
+    X + P + memory(P))."""
+    w_lin = torch.cat([torch.cat([fsmn_re.linear.weight, fsmn_im.linear.weight]),
+                       torch.cat([fsmn_re.linear.bias, fsmn_im.linear.bias])[:, None]], 1)
+    w_proj = torch.stack([fsmn_re.project.weight, fsmn_im.project.weight])
+    taps = torch.cat([fsmn_re.conv1.weight, fsmn_im.conv1.weight]).flatten(1)
+    current = torch.zeros_like(taps[0])
     current[-1] = 1.0
-    z = _causal_memory(p.view(channels2, seq, -1), taps + current)  # (2C, S, B*2*W): P + mem(P)
-    z = z.view(2, channels, seq, batch, 2, width)  # (fsmn re/im, C, S, B, plane r/i, W)
-    (z_re_r, z_re_i), (z_im_r, z_im_i) = (z_f.unbind(3) for z_f in z.unbind(0))  # (C, S, B, W)
-    x_r, x_i = planes.unbind(1)  # (B, C, S, W)
-    real = (x_r - x_i) + (z_re_r - z_im_i).permute(2, 0, 1, 3)  # (B, C, S, W)
-    imag = (x_i + x_r) + (z_re_i + z_im_r).permute(2, 0, 1, 3)  # (B, C, S, W)
-    return torch.stack([real, imag], 1).view(batch, channels2, seq, width)  # (B, 2C, S, W)
+    return w_lin, w_proj, taps + current
+
+
+def _complex_fsmn(x: torch.Tensor, owner: nn.Module, layer: str) -> torch.Tensor:
+    """real = fsmn_re(x_r) - fsmn_im(x_i), imag = fsmn_re(x_i) + fsmn_im(x_r), with the real
+    FSMNs ``owner.fsmn_re_<layer>``, ``owner.fsmn_im_<layer>``.
+
+    x: (B, S, W, 2C), memory along S (causal, K steps), W is batch-like.
+    The four real FSMN applications run as three matrix products in a channel-major layout
+    (C, S * 2 * B * W): one holds both FSMNs' ``linear`` layers (bias via a row of ones), one
+    (batched) both ``project`` layers and one (batched over channels) the memories as banded
+    matrices, with the P term folded in as +1 on the current-step tap.
+    """
+    fsmn_re, fsmn_im = getattr(owner, f"fsmn_re_{layer}"), getattr(owner, f"fsmn_im_{layer}")
+    sources = list(fsmn_re.parameters()) + list(fsmn_im.parameters())
+    w_lin, w_proj, taps = _reuse(owner, layer, sources, lambda: _fsmn_weights(fsmn_re, fsmn_im))
+    batch, seq, width, channels2 = x.shape
+    channels, hidden = channels2 // 2, w_proj.shape[2]
+    block = _memory_block(seq, taps.shape[1])
+    padded = math.ceil(seq / block) * block  # S_pad: whole blocks (causal: tail is discarded)
+    band = _reuse(owner, f"{layer}_band{block}", sources, lambda: _memory_band(taps, block))
+    cols = x.new_empty(channels + 1, padded, 2, batch, width)  # (C + 1, S_pad, 2, B, W)
+    cols[channels] = 1.0  # multiplies the bias column of w_lin
+    cols[:channels, seq:] = 0.0
+    cols[:channels, :seq] = x.view(batch, seq, width, 2, channels).permute(4, 1, 3, 0, 2)
+    h = torch.relu_(w_lin @ cols.view(channels + 1, -1))  # (2H, S_pad * 2BW)
+    p = torch.bmm(w_proj, h.view(2, hidden, -1))  # (2, C, S_pad * 2BW): [P_re ; P_im]
+    z = _causal_memory(p.view(channels2, padded, -1), band)  # (2C, S_pad, 2BW): P + mem(P)
+    z = z.view(2, channels, -1)
+    z += cols[:channels].view(1, channels, -1)  # X + P + mem(P): both real FSMNs' outputs
+    z = z.view(2, channels, padded, 2, batch, width)[:, :, :seq]  # (fsmn, C, S, plane, B, W)
+    (re_r, re_i), (im_r, im_i) = (z_f.unbind(2) for z_f in z.unbind(0))  # (C, S, B, W)
+    real = (re_r - im_i).permute(2, 1, 3, 0)  # (B, S, W, C)
+    imag = (re_i + im_r).permute(2, 1, 3, 0)  # (B, S, W, C)
+    return torch.cat([real, imag], 3)  # (B, S, W, 2C)
 
 
 class ComplexFsmnL1(nn.Module):
@@ -339,8 +418,8 @@ class ComplexFsmnL1(nn.Module):
         self.fsmn_re_L1 = UniDeepFsmn(channels, hidden, lorder)
         self.fsmn_im_L1 = UniDeepFsmn(channels, hidden, lorder)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, F, T) -> same
-        return _complex_fsmn(x, self.fsmn_re_L1, self.fsmn_im_L1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2C) -> same
+        return _complex_fsmn(x, self, "L1")
 
 
 class ComplexFsmn(nn.Module):
@@ -353,14 +432,14 @@ class ComplexFsmn(nn.Module):
         self.fsmn_re_L2 = UniDeepFsmn(channels, hidden, lorder)
         self.fsmn_im_L2 = UniDeepFsmn(channels, hidden, lorder)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, 1, T)
-        batch, channels2, freq, frames = x.shape
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T, 2C)
+        batch, freq, frames, channels2 = x.shape
         if freq != 1:
             raise ValueError(f"bottleneck FSMN needs F = 1, got shape {tuple(x.shape)}")
-        h = x.reshape(batch, channels2, frames, 1)  # (B, 2C, T, 1): sequence axis = time
-        h = _complex_fsmn(h, self.fsmn_re_L1, self.fsmn_im_L1)  # (B, 2C, T, 1)
-        h = _complex_fsmn(h, self.fsmn_re_L2, self.fsmn_im_L2)  # (B, 2C, T, 1)
-        return h.reshape(batch, channels2, 1, frames)  # (B, 2C, 1, T)
+        h = x.view(batch, frames, 1, channels2)  # (B, T, 1, 2C): sequence axis = time
+        h = _complex_fsmn(h, self, "L1")  # (B, T, 1, 2C)
+        h = _complex_fsmn(h, self, "L2")  # (B, T, 1, 2C)
+        return h.view(batch, 1, frames, channels2)  # (B, 1, T, 2C)
 
 
 class ComplexSELayer(nn.Module):
@@ -374,28 +453,28 @@ class ComplexSELayer(nn.Module):
         self.fc_i = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, channels), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, F, T)
-        batch, channels2 = x.shape[:2]
-        pooled = x.mean(dim=(2, 3)).view(2 * batch, channels2 // 2)  # (2B, C): [a_r(b), a_i(b)]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2C)
+        batch, channels2 = x.shape[0], x.shape[3]
+        pooled = x.mean(dim=(1, 2)).view(2 * batch, channels2 // 2)  # (2B, C): [a_r(b), a_i(b)]
         g_r = self.fc_r(pooled).view(batch, 2, -1)  # (B, 2, C): fc_r(a_r), fc_r(a_i)
         g_i = self.fc_i(pooled).view(batch, 2, -1)  # (B, 2, C): fc_i(a_r), fc_i(a_i)
         gate_r = g_r[:, 0] - g_i[:, 1]  # (B, C)
         gate_i = g_r[:, 1] + g_i[:, 0]  # (B, C)
         gate = torch.cat([gate_r, gate_i], 1)  # (B, 2C)
-        return x * gate[:, :, None, None]  # (B, 2C, F, T)
+        return x * gate[:, None, None, :]  # (B, F, T, 2C)
 
 
 def _complex_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Concatenate two channel-stacked maps along the complex channel axis: [a_r, b_r, a_i, b_i]."""
-    batch, _, freq, frames = a.shape
-    return torch.cat([a.reshape(batch, 2, -1, freq, frames), b.reshape(batch, 2, -1, freq, frames)],
-                     2).reshape(batch, -1, freq, frames)  # (B, 2(Ca + Cb), F, T)
+    """Concatenate two complex maps along the complex channel axis: [a_r, b_r, a_i, b_i]."""
+    batch, freq, frames, _ = a.shape
+    return torch.cat([a.view(batch, freq, frames, 2, -1), b.view(batch, freq, frames, 2, -1)],
+                     4).view(batch, freq, frames, -1)  # (B, F, T, 2(Ca + Cb))
 
 
 class ComplexUNet(nn.Module):
     """One complex U-Net (spec §4.2-4.3), modules registered in the release state-dict order.
 
-    (B, 2, F, T) channel-stacked 1-channel complex map -> same shape.
+    (B, F, T, 2) 1-channel complex map -> same shape.
     """
 
     def __init__(self, channels: int, fsmn_hidden: int, se_reduction: int, lorder: int):
@@ -413,25 +492,25 @@ class ComplexUNet(nn.Module):
                 self.add_module(f"se_layer_dec{i}", ComplexSELayer(channels, se_reduction))
         self.linear = ComplexConv2d(1, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2, F, T)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2)
         skips = []
         h = x
         for i in range(_DEPTH):
             if i > 0:  # fsmn_enc0 is never used
-                h = getattr(self, f"fsmn_enc{i}")(h)  # (B, 2C, F_i, T + i)
-            h = getattr(self, f"encoder{i}")(h)  # (B, 2C, F_{i+1}, T + i + 1)
+                h = getattr(self, f"fsmn_enc{i}")(h)  # (B, F_i, T + i, 2C)
+            h = getattr(self, f"encoder{i}")(h)  # (B, F_{i+1}, T + i + 1, 2C)
             if i < _DEPTH - 1:  # se_layer_enc6's output is never used
                 skips.append(getattr(self, f"se_layer_enc{i}")(h))
-        p = self.fsmn(h)  # (B, 2C, 1, T + 7)
+        p = self.fsmn(h)  # (B, 1, T + 7, 2C)
         for i in range(_DEPTH):
-            p = getattr(self, f"decoder{i}")(p)  # (B, 2C, F, T + 6 - i); last: (B, 2, F, T)
+            p = getattr(self, f"decoder{i}")(p)  # (B, F, T + 6 - i, 2C); last: (B, F, T, 2)
             if i == _DEPTH - 1:
                 break
             p = getattr(self, f"fsmn_dec{i}")(p)
             if i < _DEPTH - 2:  # se_layer_dec5 is never used
                 p = getattr(self, f"se_layer_dec{i}")(p)
-            p = _complex_cat(p, skips[_DEPTH - 2 - i])  # (B, 4C, F, T + 6 - i)
-        return self.linear(p)  # (B, 2, F, T)
+            p = _complex_cat(p, skips[_DEPTH - 2 - i])  # (B, F, T + 6 - i, 4C)
+        return self.linear(p)  # (B, F, T, 2)
 
 
 def _frequency_sizes(bins: int) -> list[int]:
@@ -499,6 +578,19 @@ class FRCRN(nn.Module):
         hidden = channels if fsmn_hidden is None else fsmn_hidden
         self.unet = ComplexUNet(channels, hidden, se_reduction, lorder)
         self.unet2 = ComplexUNet(channels, hidden, se_reduction, lorder)
+
+    def train(self, mode: bool = True):
+        self._drop_reused()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._drop_reused()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _drop_reused(self) -> None:
+        """Forget the inference-time derived weights (see ``_reuse``)."""
+        for module in self.modules():
+            module.__dict__.pop("_reused", None)
 
     # -- construction from configs --------------------------------------------------------
     _CONFIG_KEYS = ("win_len", "win_inc", "fft_len", "win_type")
@@ -589,10 +681,10 @@ class FRCRN(nn.Module):
             raise ValueError(f"FRCRN needs at least {self.win_len} samples, got shape {tuple(x.shape)}")
         spec = self.stft(x)  # (B, 2F, T)
         batch, bins2, frames = spec.shape
-        noisy = spec.view(batch, 2, bins2 // 2, frames)  # (B, 2, F, T): 1-channel complex map
-        u1 = self.unet(noisy)  # (B, 2, F, T)
-        u2 = self.unet2(u1)  # (B, 2, F, T): fed the raw first-U-Net output (spec §2 step 4)
-        mask = torch.tanh(u2) + torch.tanh(u1)  # (B, 2, F, T), each part in (-2, 2)
+        noisy = spec.view(batch, 2, bins2 // 2, frames)  # (B, 2, F, T): real, imag planes
+        u1 = self.unet(_channels_last(noisy))  # (B, F, T, 2): 1-channel complex map
+        u2 = self.unet2(u1)  # (B, F, T, 2): fed the raw first-U-Net output (spec §2 step 4)
+        mask = (torch.tanh(u2) + torch.tanh(u1)).permute(0, 3, 1, 2)  # (B, 2, F, T), in (-2, 2)
         s_r, s_i, m_r, m_i = noisy[:, 0], noisy[:, 1], mask[:, 0], mask[:, 1]  # (B, F, T)
         est_spec = torch.cat([s_r * m_r - s_i * m_i, s_r * m_i + s_i * m_r], 1)  # (B, 2F, T)
         est_wav = self.istft(est_spec)  # (B, L')
@@ -652,40 +744,56 @@ class FRCRN(nn.Module):
         one_time_decode_length: float | None = None,
         decode_window: float | None = None,
     ) -> np.ndarray:
-        """The reference decode path (spec §5) on raw float64 samples (L,) -> float64 (L,)."""
+        """The reference decode path (spec §5) on raw float64 samples (L,) -> float64 (L,).
+
+        audio_norm -> float32 -> :meth:`decode_normalized` -> ``[:L] * scalar``.  Reproduces
+        the reference's edge defects (output sample 0 is 0; padding-dependent SE statistics).
+        """
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 1:
             raise ValueError(f"clearvoice_decode expects mono samples (L,), got shape {raw.shape}")
-        one_time = self.one_time_decode_length if one_time_decode_length is None else one_time_decode_length
-        window = int(self.sampling_rate * (self.decode_window if decode_window is None else decode_window))
         x, scalar = audio_norm(raw)
-        out = self._decode_normalized(x.astype(np.float32), window, one_time)
+        out = self.decode_normalized(x.astype(np.float32), one_time_decode_length, decode_window)
         return out[: raw.shape[0]] * scalar
 
-    def _decode_normalized(self, x: np.ndarray, window: int, one_time: float, chunk: int = 8):
-        """decode_one_audio for FRCRN: padding rules, one pass or segmented (spec §5 steps 4-5)."""
-        length = x.shape[0]
+    def decode_normalized(
+        self,
+        x: np.ndarray,
+        one_time_decode_length: float | None = None,
+        decode_window: float | None = None,
+        windows_per_batch: int = 8,
+    ) -> np.ndarray:
+        """The reference's decode_one_audio for FRCRN on normalised float32 samples (L,).
+
+        Zero-pads (to 1 s below 1 s, to 1.75 s below 1.75 s, else by the reference's formula),
+        then one pass if L <= one_time_decode_length seconds (float32 output of length
+        (T - 1) * win_inc + win_len), else 1 s windows every 0.75 s whose outputs, minus
+        0.125 s at each inner edge, fill a float64 buffer of the padded length.  Windows are
+        independent, so they are run ``windows_per_batch`` at a time.
+        """
+        one_time = self.one_time_decode_length if one_time_decode_length is None else one_time_decode_length
+        window = int(self.sampling_rate * (self.decode_window if decode_window is None else decode_window))
         stride = int(window * 0.75)
+        length = x.shape[0]
         if length < window:
             pad = window - length
         elif length < window + stride:
             pad = window + stride - length
         elif (length - window) % stride != 0:
-            pad = length - (length - window) // stride * stride  # reference formula, kept as is
+            pad = length - (length - window) // stride * stride  # the reference's formula
         else:
             pad = 0
-        x = np.concatenate([x, np.zeros(pad, np.float32)])  # (L_pad,)
-        device = self.stft.weight.device
-        dtype = self.stft.weight.dtype
+        x = np.concatenate([np.asarray(x, np.float32), np.zeros(pad, np.float32)])  # (L_pad,)
+        device, dtype = self.stft.weight.device, self.stft.weight.dtype
         with torch.inference_mode():
             if length <= self.sampling_rate * one_time:
                 wav = torch.from_numpy(x).to(device, dtype)[None]  # (1, L_pad)
                 return self(wav)[1][0].cpu().numpy()  # (L_pad',)
             give_up = (window - stride) // 2
             starts = list(range(0, x.shape[0] - window + 1, stride))
-            out = np.zeros(x.shape[0])
-            for first in range(0, len(starts), chunk):  # windows are independent: batch them
-                idx = starts[first : first + chunk]
+            out = np.zeros(x.shape[0])  # float64, as the reference
+            for first in range(0, len(starts), windows_per_batch):
+                idx = starts[first : first + windows_per_batch]
                 batch = torch.from_numpy(np.stack([x[i : i + window] for i in idx])).to(device, dtype)
                 wav = self(batch)[1].cpu().numpy()  # (n, window)
                 for i, w in zip(idx, wav):
@@ -709,8 +817,7 @@ def _key_template() -> list[str]:
     """State-dict keys of FRCRN (sizes do not change the names), built once."""
     global _KEYS
     if _KEYS is None:
-        with torch.device("meta"):
-            _KEYS = list(FRCRN(channels=8, fsmn_hidden=8, lorder=2).state_dict())
+        _KEYS = list(FRCRN(channels=8, fsmn_hidden=8, lorder=2).state_dict())
     return _KEYS
 
 

@@ -22,7 +22,7 @@ Without ``features`` the loss computes them itself (global torch RNG for the dit
 
 from __future__ import annotations
 
-import math
+import inspect
 
 import numpy as np
 import torch
@@ -161,8 +161,6 @@ class MossFormer2SE(nn.Module):
         """Constructor kwargs from a ClearVoice-style config (+ optional ``network_kwargs``)."""
         kwargs = {k: conf[k] for k in cls._CONFIG_KEYS if conf.get(k) is not None}
         extra = dict(conf.get("network_kwargs") or {})
-        import inspect
-
         allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
         unknown = sorted(set(extra) - allowed)
         if unknown:
@@ -202,9 +200,9 @@ class MossFormer2SE(nn.Module):
 
     @classmethod
     def _reference_keys(cls) -> list[str]:
-        if cls._KEYS is None:
-            with torch.device("meta"):
-                cls._KEYS = list(cls().state_dict().keys())
+        if cls._KEYS is None:  # key names depend only on num_blocks (24): build a narrow copy
+            narrow = cls(width=8, query_key_dim=8, fsmn_inner=8, expansion_factor=1.0)
+            cls._KEYS = list(narrow.state_dict().keys())
         return cls._KEYS
 
     # -- network --------------------------------------------------------------------------
@@ -238,9 +236,13 @@ class MossFormer2SE(nn.Module):
                           return_complex=True)
 
     def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        """center=False overlap-add iSTFT (B, F, S) -> (B, length); samples after the last full
+        frame are zeros, as in the release (torch.istft would warn about them)."""
         window = self.stft_window.to(device=spec.device, dtype=spec.real.dtype)
-        return torch.istft(spec, self.fft_len, self.win_inc, self.win_len, window=window, center=False,
-                           length=length)
+        covered = self.fft_len + self.win_inc * (spec.shape[-1] - 1)
+        wave = torch.istft(spec, self.fft_len, self.win_inc, self.win_len, window=window, center=False,
+                           length=min(length, covered))
+        return F.pad(wave, (0, max(0, length - covered)))
 
     # -- training -------------------------------------------------------------------------
     @staticmethod
@@ -275,7 +277,7 @@ class MossFormer2SE(nn.Module):
             spec_y = self.stft(noisy * MAX_WAV_VALUE)  # (B, F, S)
             spec_s = self.stft(clean * MAX_WAV_VALUE)
             target, weight = self.psm_target(spec_y, spec_s)
-            target, weight = target.transpose(1, 2), weight.transpose(1, 2)  # (B, S, F)
+            target, weight = (t.transpose(1, 2).contiguous() for t in (target, weight))  # (B, S, F)
         if features.shape[:2] != target.shape[:2]:
             raise ValueError(f"features {tuple(features.shape)} do not match the {target.shape[1]} STFT frames "
                              f"of a {noisy.shape[-1]}-sample batch")

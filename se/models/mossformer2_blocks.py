@@ -4,24 +4,26 @@ in the form ClearVoice's MossFormer2_SE_48K uses them.
 
 Specification: shared/clearvoice_compat/MossFormer2_SE_48K.md (sections 1, 2). Attribute
 names reproduce the release's state-dict keys (``mdl.0.g``, ``mdl.3.sequential.1.conv.weight``,
-...); the computations are re-organised for speed, with the same results:
+...); the computations are re-organised for speed, with the same results (parity tests):
 
 * every tensor stays in (B, S, C) layout: 1x1 Conv1d's are linear maps on (B, S, C) and the
   depthwise convolutions along S run as channels-last 2-D convolutions (no transposes);
+* float32 CPU matrix products run on oneDNN (AVX-512 everywhere; MKL, torch's default, is
+  ~2x slower on AMD processors), through small autograd Functions;
 * the four OffsetScale heads are one broadcast multiply-add, rotary angles are computed once
   per forward for all layers;
 * the gated attention unit (quadratic attention in groups of 256 + linear attention + gate) is
-  one autograd Function that attends directly on ``[v | u]`` (one matmul for both), never pads
+  one autograd Function that attends directly on ``[v | u]`` (one product for both), never pads
   (the last, short group is computed at its own size: padded keys contribute exact zeros in
-  the reference) and keeps only what its hand-written backward needs.
+  the reference) and keeps only what its hand-written backward needs;
+* dropout masks come from torch.rand (same law as F.dropout, cheaper);
+* only the first of the two "speakers" of the output layer is computed (the second is discarded).
 
 Shape legend: B batch, S frames (sequence), C channels, G groups, g group size (256),
 D query/key dim (128), E hidden dim (2 x 1024 = [v | u]).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +76,12 @@ class _Linear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = mm_nt(g2, weight.t()).reshape(x.shape)  # (M, K)
-        if ctx.needs_input_grad[1]:
-            grad_w = mm_nt(g2.t(), x.reshape(-1, x.shape[-1]).t())  # (N, K)
+        if ctx.needs_input_grad[1]:  # the transposed (copied) first operand is the narrower one
+            x2 = x.reshape(-1, x.shape[-1])  # (M, K)
+            if x2.shape[1] < g2.shape[1]:
+                grad_w = mm_nt(x2.t(), g2.t()).t()  # (K, N) -> (N, K)
+            else:
+                grad_w = mm_nt(g2.t(), x2.t())  # (N, K)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b
@@ -152,10 +158,24 @@ def depthwise_conv_seq(x: torch.Tensor, weight: torch.Tensor, padding: int) -> t
     K = weight.shape[2]
     if K != 2 * padding + 1:
         raise ValueError(f"depthwise_conv_seq needs an odd kernel with 'same' padding, got K={K}, padding={padding}")
-    if x.dtype == torch.float64 or x.device.type != "cpu":  # oneDNN path: float32 CPU
+    if x.device.type != "cpu":
         y = F.conv1d(x.transpose(1, 2), weight.reshape(weight.shape[0], 1, K), padding=padding, groups=x.shape[-1])
         return y.transpose(1, 2)
+    if x.dtype != torch.float32:  # float64 (parity tests): CPU grouped Conv1d is very slow there
+        xp = F.pad(x, (0, 0, padding, padding))  # (B, S + K - 1, C)
+        return torch.einsum("bsck,ck->bsc", xp.unfold(1, K, 1), weight.reshape(weight.shape[0], K))
     return _DepthwiseConvSeq.apply(x, weight, padding)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout (same distribution as F.dropout): keep with probability 1 - p, scale 1/(1-p).
+
+    The mask comes from torch.rand (>= p), ~3x cheaper on the CPU than F.dropout's bernoulli_.
+    """
+    if not training or p == 0.0:
+        return x
+    noise = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+    return x * noise
 
 
 class ScaleNorm(nn.Module):
@@ -209,9 +229,14 @@ class FFConvM(nn.Module):
                                  ConvModule(dim_out, kernel_size), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, dim_in) -> (B, S, dim_out)
-        norm, linear_layer, _, conv, dropout = self.mdl
-        h = F.silu(linear(norm(x), linear_layer.weight, linear_layer.bias))  # (B, S, dim_out)
-        return dropout(conv(h))
+        norm, linear_layer, _, conv_module, drop = self.mdl
+        h = linear(norm(x), linear_layer.weight, linear_layer.bias)  # (B, S, dim_out)
+        conv = conv_module.sequential[1].conv
+        if torch.is_grad_enabled():
+            h = F.silu(h)
+            return dropout(h + depthwise_conv_seq(h, conv.weight, conv.padding[0]), drop.p, drop.training)
+        h = F.silu(h, inplace=True)  # inference: no copies
+        return dropout(depthwise_conv_seq(h, conv.weight, conv.padding[0]).add_(h), drop.p, drop.training)
 
 
 class OffsetScale(nn.Module):
@@ -304,15 +329,16 @@ class _GatedAttention(torch.autograd.Function):
         att = torch.empty_like(hidden)  # (B, S, E)
         kvs, relus, masks = [], [], []
         for b in range(B):
-            q, lq, k, lk = heads[b].unbind(1)  # (S, D) strided views
+            # (S, D) each, contiguous: oneDNN is slow on a second operand with padded rows
+            q, lq, k, lk = heads[b].transpose(0, 1).contiguous().unbind(0)
             h = hidden[b]  # (S, E)
             kv = mm_nt(lk.t(), h.t()).div_(S)  # (D, E): lin_k^T hidden / S
             lin = mm_nt(lq, kv.t())  # (S, E): linear attention
             for s0, s1 in groups:
                 r = mm_nt(q[s0:s1], k[s0:s1]).div_(group_size).relu_()  # (gj, gj)
                 a = r * r
-                if dropout_p > 0.0:
-                    mask = torch.empty_like(a).bernoulli_(1.0 - dropout_p).div_(1.0 - dropout_p)
+                if dropout_p > 0.0:  # same mask law as dropout()
+                    mask = torch.rand_like(a).ge_(dropout_p).mul_(1.0 / (1.0 - dropout_p))
                     a.mul_(mask)
                     masks.append(mask)
                 torch.add(mm_nt(a, h[s0:s1].t()), lin[s0:s1], out=att[b, s0:s1])  # quad + lin
@@ -348,8 +374,9 @@ class _GatedAttention(torch.autograd.Function):
         del t, dz, sig
         d_heads = torch.empty_like(heads)  # (B, S, 4, D)
         for b in range(B):
-            q, lq, k, lk = heads[b].unbind(1)  # (S, D)
-            dq, dlq, dk, dlk = d_heads[b].unbind(1)
+            q, lq, k, lk = heads[b].transpose(0, 1).contiguous().unbind(0)  # (S, D) each
+            d_hb = torch.empty(4, S, D, dtype=heads.dtype, device=heads.device)
+            dq, dlq, dk, dlk = d_hb.unbind(0)
             h, da, dh = hidden[b], d_att[b], d_hidden[b]  # (S, E)
             kv = kvs[b]  # (D, E)
             # linear attention: att += lq kv, kv = lk^T h / S
@@ -371,6 +398,7 @@ class _GatedAttention(torch.autograd.Function):
                 d_sim = d_a.mul_(r).mul_(2.0 / g)  # d relu(x)^2 = 2 relu(x) dx; 1/g of the scaling
                 dq[s0:s1].copy_(mm_nt(d_sim, k[s0:s1].t()))
                 dk[s0:s1].copy_(mm_nt(d_sim.t(), q[s0:s1].t()))
+            d_heads[b].copy_(d_hb.transpose(0, 1))
         return d_heads, d_hidden, None, None
 
 

@@ -88,9 +88,11 @@ class MossFormerGAN(nn.Module):
         mf_hidden: MossFormer v / u size [2C = 128].
         rotary_dim: rotary position embedding features [32].
         dropout: dropout of FFConvM units and attention maps [0.1].
-        checkpoint_blocks: with autograd, recompute each SyncANet block in backward
-            (torch.utils.checkpoint) instead of keeping its activations [True]; inside, the
-            relu^2 attentions are checkpointed per query block in any case.
+        checkpoint_blocks: memory saving with autograd (training), same values either way.
+            True: each SyncANet block is recomputed in backward (torch.utils.checkpoint)
+            instead of keeping its activations; only the block being recomputed holds its
+            attention maps.  False: activations are kept, but the relu^2 attention maps are
+            recomputed per block of queries (never all n x n maps at once) [True].
     """
 
     sampling_rate = 16000
@@ -114,7 +116,8 @@ class MossFormerGAN(nn.Module):
         self.blocks = nn.ModuleList([
             SyncANetBlock(emb_dim=c, n_freqs=n_freqs, hidden=hidden or 2 * c, n_head=n_head,
                           approx_qk_dim=approx_qk_dim, qk_dim=qk_dim or 2 * c,
-                          mf_hidden=mf_hidden or 2 * c, rotary_dim=rotary_dim, dropout=dropout)
+                          mf_hidden=mf_hidden or 2 * c, rotary_dim=rotary_dim, dropout=dropout,
+                          checkpoint_attention=not checkpoint_blocks)
             for _ in range(num_blocks)
         ])
         self.mask_decoder = MaskDecoder(self.num_features, num_channel=c, out_channel=1)
@@ -401,6 +404,9 @@ class GANTrainStep(TrainStep):
     is not finite.  (Skipping breaks DistributedDataParallel; use it single-process.)
     """
 
+    # DistributedDataParallel wraps the generator itself (its forward is the spectral one)
+    custom_forward = True
+
     def __init__(self, model: nn.Module, conf: dict, device: torch.device):
         super().__init__(model, conf, device)
         self.mode = conf.get("gan_loss_mode", "fixed")
@@ -477,40 +483,41 @@ class GANTrainStep(TrainStep):
         return loss, n_failed
 
     # -- one step ------------------------------------------------------------------------------
-    def micro_step(self, noisy: torch.Tensor, clean: torch.Tensor, scale: float) -> dict[str, float]:
+    def micro_step(self, noisy: torch.Tensor, clean: torch.Tensor, scale: float, **_) -> dict[str, float]:
         noisy = noisy.to(self.device, torch.float32)
         clean = clean.to(self.device, torch.float32)
         with self.autocast():
             t = generator_pass(self.modules["model"], noisy, clean, self.mode,
                                call=self._generator_call())
+        # PESQ of this batch starts now in the worker processes and runs during backward(L_G)
         est = t["est_wave"].detach().float().cpu().numpy()
         ref = t["s"].detach().float().cpu().numpy()
-        job = self.pesq_pool.submit(list(ref), list(est), self.fs)  # runs during backward(L_G)
-        parts = {"loss_ri": float(t["ri"]), "loss_mag": float(t["mag"]), "loss_time": float(t["time"])}
+        job = self.pesq_pool.submit(list(ref), list(est), self.fs)
 
-        if self.mode == "clearvoice":
-            scores = job.result()  # reference: PESQ inside the loss, before any backward
-            if not np.isfinite(scores).all():
-                return {**parts, "loss": float("nan"), "skipped": 1.0,
-                        "pesq_failed": float((~np.isfinite(scores)).sum())}
         with self.autocast():
             pred = self._adversarial_prediction(t["clean_mag"], t["est_mag"]).flatten().float()
         adv = F.mse_loss(pred, torch.ones_like(pred))
         w = LOSS_WEIGHTS
         loss_g = w["ri"] * t["ri"] + w["mag"] * t["mag"] + w["time"] * t["time"] + w["adv"] * adv
-        if self.mode == "clearvoice" and not torch.isfinite(loss_g):
-            return {**parts, "loss": float(loss_g), "skipped": 1.0, "pesq_failed": 0.0}
+        parts = {"loss": float(loss_g), "loss_ri": float(t["ri"]), "loss_mag": float(t["mag"]),
+                 "loss_time": float(t["time"]), "loss_adv": float(adv)}
+
+        if self.mode == "clearvoice":
+            # reference: PESQ inside the loss, before any backward; one failure (or a
+            # non-finite L_G) skips the whole batch for both networks
+            scores = job.result()
+            n_failed = int((~np.isfinite(scores)).sum())
+            if n_failed or not torch.isfinite(loss_g):
+                return {**parts, "skipped": 1.0, "pesq_failed": float(n_failed)}
+            parts["skipped"] = 0.0
         self.backward(loss_g * scale)
 
         scores = job.result()
         q = torch.as_tensor((scores - 1.0) / 3.5, dtype=torch.float32, device=self.device)
         loss_d, n_failed = self.discriminator_loss(t["clean_mag"], t["est_mag"], q, scale=scale)
-        parts.update(loss=float(loss_g), loss_adv=float(adv), loss_disc=float(loss_d),
-                     pesq_failed=float(n_failed))
+        parts.update(loss_disc=float(loss_d), pesq_failed=float(n_failed))
         if n_failed < len(scores):
             parts["pesq"] = float(np.nanmean(scores))
-        if self.mode == "clearvoice":
-            parts["skipped"] = 0.0
         return parts
 
     def update(self) -> dict[str, float]:
@@ -520,8 +527,32 @@ class GANTrainStep(TrainStep):
             self.grad_scaler.update()
         return {"grad_norm": norm_g, "grad_norm_disc": norm_d}
 
+    def init_extra(self, init_checkpoint: str | Path) -> None:
+        """Fine-tuning: the discriminator that belongs to the generator checkpoint, if any.
+
+        Our checkpoints carry it (key 'discriminator'); for ClearVoice release files see
+        :func:`load_release_discriminator`.  Without one the discriminator starts from scratch
+        (logged as a warning).
+        """
+        state = torch.load(init_checkpoint, map_location="cpu", weights_only=True)
+        sd = state.get("discriminator") if isinstance(state, dict) else None
+        where = str(init_checkpoint)
+        if sd is None:
+            path = find_release_discriminator(init_checkpoint)
+            sd = load_release_discriminator(init_checkpoint)
+            where = str(path)
+        if sd is None:
+            log.warning("no discriminator found for %s (looked inside it, for %s.disc.pt and in "
+                        "last_checkpoint beside it): the discriminator starts from scratch",
+                        init_checkpoint, str(init_checkpoint)[:-3] if str(init_checkpoint).endswith(".pt")
+                        else init_checkpoint)
+            return
+        unwrap(self.modules["discriminator"]).load_state_dict(
+            MetricDiscriminator.convert_clearvoice_state_dict(sd))
+        log.info("discriminator initialised from %s", where)
+
     @torch.no_grad()
-    def valid_step(self, noisy: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+    def valid_step(self, noisy: torch.Tensor, clean: torch.Tensor, **_) -> dict[str, float]:
         """Generator losses (no adversarial term; see MossFormerGAN.loss) and optional PESQ."""
         noisy = noisy.to(self.device, torch.float32)
         clean = clean.to(self.device, torch.float32)

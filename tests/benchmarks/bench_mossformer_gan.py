@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""CPU timings and peak memory of MossFormerGAN_SE_16K: one GAN training step, enhancement.
+
+Cases (each runs in its own subprocess so that its peak RSS is its own):
+  train    GANTrainStep.micro_step + update at the released size, batch 1 x 2 s crop:
+           c-normalisation, STFT, generator, PESQ in the persistent process pool (overlapping
+           the generator backward), 0.1 RI + 0.9 mag + 0.2 time + 0.05 adversarial loss,
+           discriminator loss, clip, two AdamW steps.  Also reports the PESQ compute time
+           (the share of the step it would take if it ran serially) and how long the step
+           actually waited for it.  (TIMINGS.md reference: 29.56 s, 16.6 GB.)
+  enhance  enhance() (our aligned default path) of a 10 s 16 kHz file; RTF = time / 10 s.
+  decode   clearvoice_decode() (the reference decode path) of the same file
+           (TIMINGS.md reference: RTF 10.5, 5.6 GB).
+With --baseline each case also runs with `literal_attention`: a direct transcription of the
+spec's MossFormer attention (full n x n and A x A maps kept for backward, separate v / u
+products, masked cross attention, conv1d on transposed copies, no block checkpointing), so
+the speed-up and memory saving can be measured on the same (possibly busy) machine.  Outputs
+of both are identical up to float rounding.  Run time does not depend on the weight values.
+
+e.g.: PYTHONPATH=. tools/venv/bin/python tests/benchmarks/bench_mossformer_gan.py --runs 3 --baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from se.models import mossformer_gan_blocks as blocks
+from se.models.mossformer_gan import GANTrainStep, MossFormerGAN
+
+
+# ---------------------------------------------------------------------------------------------
+# literal transcription of the reference's MossFormer attention (baseline only)
+# ---------------------------------------------------------------------------------------------
+def literal_attention(self, quad_q, lin_q, quad_k, lin_k, vu, b, a):
+    n = quad_q.shape[1]
+    h = self.hidden_dim
+    v, u = vu[..., :h], vu[..., h:]
+    drop = lambda t: F.dropout(t, self.attn_dropout, self.training)  # noqa: E731
+    sim = torch.einsum("bid,bjd->bij", quad_q, quad_k) / n
+    attn = drop(F.relu(sim) ** 2)
+    quad_v = torch.einsum("bij,bjd->bid", attn, v)
+    quad_u = torch.einsum("bij,bjd->bid", attn, u)
+    lin_v = torch.einsum("bnd,bde->bne", lin_q, torch.einsum("bnd,bne->bde", lin_k, v) / n)
+    lin_u = torch.einsum("bnd,bde->bne", lin_q, torch.einsum("bnd,bne->bde", lin_k, u) / n)
+
+    def cross(t):  # (B*A, n, e) -> (B, n, A, e)
+        return t.view(b, a, n, -1).transpose(1, 2)
+
+    sim_c = torch.einsum("bnid,bnjd->bnij", cross(quad_q), cross(quad_k)) / a
+    attn_c = drop(F.relu(sim_c) ** 2) * (1 - torch.eye(a, dtype=sim_c.dtype))
+    cv = torch.einsum("bnij,bnjd->bnid", attn_c, cross(v)).transpose(1, 2).reshape(b * a, n, h)
+    cu = torch.einsum("bnij,bnjd->bnid", attn_c, cross(u)).transpose(1, 2).reshape(b * a, n, h)
+    return torch.cat((quad_v + lin_v + cv, quad_u + lin_u + cu), dim=-1)
+
+
+def literal_depthwise_conv1d(x, w, padding, plus_input=False):
+    y = F.conv1d(x.transpose(1, 2), w, padding=padding, groups=w.shape[0]).transpose(1, 2)
+    return x + y if plus_input else y
+
+
+def use_literal(model: MossFormerGAN) -> None:
+    blocks.MossFormer._attention = literal_attention
+    blocks.depthwise_conv1d = literal_depthwise_conv1d
+    model.checkpoint_blocks = False
+
+
+# ---------------------------------------------------------------------------------------------
+# cases
+# ---------------------------------------------------------------------------------------------
+def _pseudo_audio(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    f0 = 140 * (1 + 0.1 * np.sin(2 * np.pi * 1.7 * t))
+    ph = 2 * np.pi * np.cumsum(f0) / 16000
+    speech = sum(np.sin(k * ph) / k for k in range(1, 20)) * (1 + np.sin(2 * np.pi * 4 * t))
+    return 0.1 * speech / np.std(speech)
+
+
+def _time(fn, runs: int, device: torch.device) -> tuple[list[float], list[float]]:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()  # warm-up
+    sync()
+    walls, cpus = [], []
+    for _ in range(runs):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        sync()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return walls, cpus
+
+
+def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: str = "cpu",
+             train_seconds: float = 2.0, audio_seconds: float = 10.0) -> dict:
+    torch.manual_seed(777)
+    device = torch.device(device)
+    extra = {}
+    try:
+        import pesq  # noqa: F401
+    except ImportError:
+        extra["pesq"] = "unavailable: every PESQ is NaN, the metric term is dropped"
+    if case == "train":
+        conf = {"init_learning_rate": 5e-4, "disc_learning_rate": 1e-3, "weight_decay": 1e-5,
+                "clip_grad_norm": 10.0, "pesq_workers": pesq_workers}
+        model = MossFormerGAN().to(device)
+        if baseline:
+            use_literal(model)
+        step = GANTrainStep(model, conf, device)
+        step.build_optimizers()
+        for m in step.modules.values():
+            m.train()
+        clean = torch.from_numpy(_pseudo_audio(train_seconds, 1)).float()[None]
+        noisy = clean + 0.03 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
+        waits = []
+        from se import pesq_pool
+
+        orig_result = pesq_pool.PesqJob.result
+
+        def timed_result(job):
+            t0 = time.perf_counter()
+            out = orig_result(job)
+            waits.append(time.perf_counter() - t0)
+            return out
+
+        pesq_pool.PesqJob.result = timed_result
+
+        def fn():
+            step.micro_step(noisy, clean, 1.0)
+            step.update()
+
+        walls, cpus = _time(fn, runs, device)
+        # PESQ compute time of one step's batch, serially in this process
+        with torch.no_grad():
+            s = MossFormerGAN.norm_factor(noisy) * clean
+            est = model.enhance(noisy.to(device)).cpu() * MossFormerGAN.norm_factor(noisy)
+        t0 = time.perf_counter()
+        score = pesq_pool.pesq_one(s[0].numpy(), est[0].numpy())
+        pesq_s = time.perf_counter() - t0
+        med = statistics.median(walls)
+        extra = {**extra, "pesq_value": round(score, 3), "pesq_compute_s": round(pesq_s, 3), "pesq_share_if_serial": round(pesq_s / med, 3),
+                 "pesq_wait_s_median": round(statistics.median(waits[1:] or waits), 3),
+                 "pesq_workers": pesq_workers}
+        seconds = None
+    else:
+        model = MossFormerGAN().to(device).eval()
+        if baseline:
+            use_literal(model)
+        n = int(16000 * audio_seconds)
+        raw = _pseudo_audio(audio_seconds, 99) + 0.03 * np.random.default_rng(99).standard_normal(n)
+        if case == "decode":
+            fn = lambda: model.clearvoice_decode(raw)  # noqa: E731
+        else:
+            x = torch.from_numpy(raw).float()[None].to(device)
+            fn = lambda: model.enhance(x)  # noqa: E731
+        walls, cpus = _time(fn, runs, device)
+        seconds = audio_seconds
+    med = statistics.median(walls)
+    return {
+        "case": case,
+        "impl": "literal" if baseline else "ours",
+        "median_s": round(med, 3),
+        "rtf": round(med / seconds, 3) if seconds else None,
+        "runs_s": [round(w, 3) for w in walls],
+        "cpu_s": [round(c, 3) for c in cpus],
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        **({"cuda_peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)}
+           if device.type == "cuda" else {}),
+        **extra,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="train,enhance,decode", help="comma list of train,enhance,decode")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per case after one warm-up")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--pesq-workers", type=int, default=2, help="PESQ worker processes (train case)")
+    ap.add_argument("--baseline", action="store_true", help="also time the literal reference attention")
+    ap.add_argument("--device", default="cpu", help="torch device (cuda: GPU timing, CUDA peak memory)")
+    ap.add_argument("--train-seconds", type=float, default=2.0, help="training crop (released: 2 s)")
+    ap.add_argument("--audio-seconds", type=float, default=10.0, help="enhanced file length")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    ap.add_argument("--literal", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(run_case(args.one, args.runs, args.literal, args.pesq_workers, args.device,
+                                  args.train_seconds, args.audio_seconds)), flush=True)
+        return
+    cases = [c for c in args.cases.split(",") if c]
+    bad = set(cases) - {"train", "enhance", "decode"}
+    if bad:
+        ap.error(f"unknown case(s): {', '.join(sorted(bad))}")
+    for case in cases:
+        for literal in ([False, True] if args.baseline else [False]):
+            cmd = [sys.executable, __file__, "--one", case, "--runs", str(args.runs),
+                   "--threads", str(args.threads), "--pesq-workers", str(args.pesq_workers),
+                   "--device", args.device, "--train-seconds", str(args.train_seconds),
+                   "--audio-seconds", str(args.audio_seconds)]
+            if literal:
+                cmd.append("--literal")
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                print(json.dumps({"case": case, "impl": "literal" if literal else "ours",
+                                  "error": res.stderr.strip().splitlines()[-1:]}), flush=True)
+                continue
+            print(res.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
