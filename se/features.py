@@ -20,9 +20,11 @@ This module re-implements the framing so that it can
 With dither 0 it reproduces ``torchaudio.compliance.kaldi.fbank`` (checked in
 tests/test_features.py). The mel filterbank and the deltas come from se.torchaudio_ops.
 
-Data pipeline use (features are computed in the loader workers, not on the main process)::
+Data pipeline use (features are computed in the loader workers, not on the main process):
+``MossFormer2SE.data_features(conf)`` returns a :class:`WorkerFeatures`, called as
+``fn(noisy_segment, item_rng) -> (S, 180)``; or directly::
 
-    feats = FbankFeatures.from_config(conf)                # or MossFormer2SE.input_features
+    feats = FbankFeatures.from_config(conf)                # dither = conf fbank_dither (1.0)
     x = feats(noisy_crop * 32768, generator=worker_gen)    # (S, 180) float32
 """
 
@@ -89,7 +91,10 @@ class FbankFeatures:
         self.dither = float(dither)
         self.n_fft = 1 << (self.win_len - 1).bit_length()  # Kaldi round_to_power_of_two
         _window(win_type, 2, torch.float32)  # validate the name early
-        self._cache: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict:  # picklable for data-loader workers (constants are rebuilt)
+        return {**self.__dict__, "_cache": {}}
 
     @classmethod
     def from_config(cls, conf: dict, dither: float | None = None) -> "FbankFeatures":
@@ -110,20 +115,22 @@ class FbankFeatures:
     def num_frames(self, length: int) -> int:
         return 0 if length < self.win_len else 1 + (length - self.win_len) // self.win_inc
 
-    def _constants(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if dtype not in self._cache:
+    def _constants(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (dtype, str(device))
+        if key not in self._cache:
             window = _window(self.win_type, self.win_len, dtype)
             banks = torchaudio_ops.kaldi_mel_banks(self.num_mels, self.n_fft, self.sampling_rate)
             banks = F.pad(banks.to(dtype), (0, 1))  # zero weight for the Nyquist bin
-            self._cache[dtype] = (window, banks.T.contiguous())  # (win,), (n_fft/2+1, M)
-        return self._cache[dtype]
+            # (win,), (n_fft/2+1, M)
+            self._cache[key] = (window.to(device), banks.T.contiguous().to(device))
+        return self._cache[key]
 
     def log_mel(
         self, wave: torch.Tensor, dither: float | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Kaldi log-mel energies of (B, L) -> (B, S, M)."""
         dither = self.dither if dither is None else float(dither)
-        window, banks = self._constants(wave.dtype)
+        window, banks = self._constants(wave.dtype, wave.device)
         frames = wave.unfold(-1, self.win_len, self.win_inc)  # (B, S, win) view
         if dither != 0.0:
             noise = torch.randn(frames.shape, generator=generator, dtype=wave.dtype, device=wave.device)
@@ -133,7 +140,7 @@ class FbankFeatures:
         frames = (frames - PREEMPHASIS * prev) * window  # (B, S, win)
         frames = F.pad(frames, (0, self.n_fft - self.win_len))  # (B, S, n_fft)
         power = torch.fft.rfft(frames).abs().pow(2.0)  # (B, S, n_fft/2+1)
-        mel = torch.matmul(power, banks.to(wave.device))  # (B, S, M)
+        mel = torch.matmul(power, banks)  # (B, S, M)
         return torch.clamp(mel, min=FLT_EPSILON).log()
 
     def __call__(
@@ -157,6 +164,26 @@ class FbankFeatures:
             delta2 = torchaudio_ops.compute_deltas(delta, win_length=DELTA_WIN)  # (B, M, S)
             out = torch.cat((fbank, delta, delta2), 1).transpose(1, 2)  # (B, S, 3M)
         return out[0] if squeeze else out
+
+
+class WorkerFeatures:
+    """The data-pipeline feature function (picklable, runs in data-loader workers).
+
+    ``WorkerFeatures(feats)(noisy_segment, rng)`` -> (S, 3M) float32 features of a normalised
+    noisy segment (scaled by 32768 here). The dither noise comes from a torch generator
+    seeded by one draw from ``rng`` (the item's numpy Generator, se.data.item_rng), so the
+    features of an item do not depend on the worker or on where training resumed.
+    """
+
+    def __init__(self, features: FbankFeatures):
+        self.features = features
+
+    def __call__(self, noisy, rng: np.random.Generator | None = None) -> torch.Tensor:
+        wave = torch.from_numpy(np.asarray(noisy, dtype=np.float32)) * MAX_WAV_VALUE
+        generator = None
+        if rng is not None and self.features.dither != 0.0:
+            generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+        return self.features(wave, generator=generator)
 
 
 _DEFAULT_48K = FbankFeatures()

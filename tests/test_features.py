@@ -119,3 +119,14 @@ def test_frame_helpers():
     assert covering_length(1) == 1920 and covering_length(1920) == 1920
     assert covering_length(1921) == 2304 and covering_length(48000) == 48000
     assert covering_length(48001) == 48384
+
+
+def test_picklable_for_workers():
+    import pickle
+
+    feats = FbankFeatures(dither=1.0)
+    wave = torch.randn(6000) * 100
+    a = feats(wave, generator=torch.Generator().manual_seed(1))
+    clone = pickle.loads(pickle.dumps(feats))
+    assert clone._cache == {}
+    assert torch.equal(clone(wave, generator=torch.Generator().manual_seed(1)), a)

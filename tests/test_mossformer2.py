@@ -204,6 +204,35 @@ def test_gated_attention_matches_padded_reference(seq_len):
         assert max_diff(ours, r) <= 1e-4 * float(r.abs().max())
 
 
+@pytest.mark.parametrize("norm", ["scalenorm", "layernorm"])
+def test_ffconvm_fused_training_path(norm):
+    """The fused float32 FFConvM (dropout included) == the plain composition with the same RNG draws."""
+    from se.models.mossformer2_blocks import FFConvM, dropout
+
+    torch.manual_seed(0)
+    layer = FFConvM(24, 40, norm).train()
+    x = torch.randn(2, 70, 24, requires_grad=True)
+    torch.manual_seed(1)
+    out = layer(x)
+    gout = torch.randn(out.shape)
+    grads = torch.autograd.grad(out, [x, *layer.parameters()], gout)
+
+    def plain(inp):
+        nrm, lin, _, conv_module, drop = layer.mdl
+        h = torch.nn.functional.silu(torch.nn.functional.linear(nrm(inp), lin.weight, lin.bias))
+        conv = conv_module.sequential[1].conv
+        c = torch.nn.functional.conv1d(h.transpose(1, 2), conv.weight, padding=8, groups=40).transpose(1, 2)
+        return dropout(h + c, drop.p, True)
+
+    torch.manual_seed(1)
+    ref = plain(x)
+    ref_grads = torch.autograd.grad(ref, [x, *layer.parameters()], gout)
+    assert max_diff(out.detach(), ref.detach()) <= 1e-5
+    assert float((out == 0).float().mean()) == pytest.approx(0.1, abs=0.02)  # dropout rate
+    for a, b in zip(grads, ref_grads):
+        assert max_diff(a, b) <= 1e-5 * max(1.0, float(b.abs().max()))
+
+
 def test_float32_training_gradients_match_float64():
     """The float32 training path (oneDNN GEMMs, custom backward passes) against float64 plain ops,
     with several attention groups (group_size 32 on 121 frames)."""
@@ -217,7 +246,7 @@ def test_float32_training_gradients_match_float64():
     loss32.backward()
     loss64, _ = model64.loss(noisy.double(), clean.double())
     loss64.backward()
-    assert float(loss32) == pytest.approx(float(loss64), rel=1e-4)
+    assert loss32.item() == pytest.approx(loss64.item(), rel=1e-4)
     for (name, p32), p64 in zip(model.named_parameters(), model64.parameters()):
         if p32.grad is None:
             assert p64.grad is None, name
@@ -362,6 +391,25 @@ def test_loss_with_precomputed_features():
         model.loss(noisy, clean, features=feats0[:, :-1])
 
 
+def test_data_features_hook_for_loader_workers():
+    """se.trainer.data_features(conf) -> picklable fn(noisy_segment, item_rng) run in the workers."""
+    import pickle
+
+    conf = {"network": NAME, "sampling_rate": 48000, "win_len": 0, "win_inc": 0, "fft_len": 0, "win_type": "",
+            "num_mels": 60, "fbank_dither": 1.0}  # 0 / "" = the network's default
+    fn = pickle.loads(pickle.dumps(MossFormer2SE.data_features(conf)))
+    noisy = np.zeros(48000, dtype=np.float32)  # digital silence: dither decides everything
+    a = fn(noisy, np.random.default_rng([1, 0, 5]))
+    b = fn(noisy, np.random.default_rng([1, 0, 5]))
+    c = fn(noisy, np.random.default_rng([1, 0, 6]))
+    assert a.shape == (121, 180) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    fn0 = MossFormer2SE.data_features({**conf, "fbank_dither": 0.0})
+    x = np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1
+    model = tiny(0)
+    assert torch.equal(fn0(x, np.random.default_rng(0)), model.input_features(x, dither=0.0))
+
+
 def test_psm_target_formula():
     g = torch.Generator().manual_seed(0)
     y = torch.complex(torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g))
@@ -423,4 +471,4 @@ def test_tiny_variant_trains_fast():
     loss, _ = model.loss(noisy, noisy * 0.5)
     loss.backward()
     assert time.perf_counter() - start < 10.0
-    assert math.isfinite(float(loss))
+    assert math.isfinite(loss.item())

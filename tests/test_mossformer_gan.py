@@ -24,7 +24,7 @@ from se.models.mossformer_gan import (
     load_release_discriminator,
     time_domain_estimate,
 )
-from se.models.mossformer_gan_blocks import relu_square_attention
+from se.models.mossformer_gan_blocks import fast_dropout, relu_square_attention
 from se.pesq_pool import PesqPool, batch_pesq
 
 NAME = "MossFormerGAN_SE_16K"
@@ -37,7 +37,7 @@ FINGERPRINTS = {
 }
 TRAINABLE = {GEN: 3_128_447, DISC: 8_121_331}  # MossFormerGAN_SE_16K.md
 TINY_G = {"num_channel": 8, "num_blocks": 1, "dropout": 0.0}
-TINY_D = {"base_channels": 2, "num_conformers": 1, "pool_hidden": 8}
+TINY_D = {"ndf": 2, "num_conformers": 1, "pool_hidden": 8}
 
 
 def _close(ours, ref, rel):
@@ -174,6 +174,19 @@ def test_blocked_relu_square_attention_equals_full(zero_diag):
     _close(out.detach().numpy(), want.numpy(), 1e-12)
     for a, b in zip(grads, grads2):
         _close(a.numpy(), b.numpy(), 1e-12)
+
+
+def test_fast_dropout_has_the_dropout_distribution():
+    x = torch.ones(400_000)
+    torch.manual_seed(0)
+    y = fast_dropout(x, 0.1, True)
+    kept = (y != 0).double().mean().item()
+    assert abs(kept - 0.9) < 3e-3
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
+    assert fast_dropout(x, 0.1, False) is x
+    g = torch.ones(1000, requires_grad=True)
+    fast_dropout(g, 0.5, True).sum().backward()
+    assert set(g.grad.unique().tolist()) <= {0.0, 2.0}
 
 
 # ---------------------------------------------------------------------------------- alignment
@@ -425,6 +438,10 @@ def test_from_config_and_errors():
                                                  "win_type": "hamming", **TINY_G}
     model = MossFormerGAN.from_config(conf)
     assert len(model.blocks) == 1
+    # resolved configs say 0 / "" for "the network's default"; inference-YAML decode keys
+    other = MossFormerGAN.from_config({"win_len": 0, "win_type": "", "network_kwargs": TINY_G,
+                                       "one_time_decode_length": 20})
+    assert other.win_len == 400 and other.one_time_decode_length == 20.0
     with pytest.raises(ValueError, match="win_type"):
         MossFormerGAN.from_config({"win_type": "kaiser"})
     with pytest.raises(ValueError, match="bad network_kwargs"):

@@ -337,30 +337,178 @@ def _band_shifts(block: int, lorder: int, dtype: torch.dtype, device: torch.devi
 
 
 def _memory_band(taps: torch.Tensor, block: int) -> torch.Tensor:
-    """(N, K) taps -> (N, 1, Q, Q + K - 1) banded matrices: band[q, r] = taps[r - q]."""
+    """(N, K) taps -> (N, Q, Q + K - 1) banded matrices: band[q, r] = taps[r - q]."""
     channels, lorder = taps.shape
     shifts = _band_shifts(block, lorder, taps.dtype, taps.device)
-    return (taps @ shifts).view(channels, 1, block, block + lorder - 1)
+    return (taps @ shifts).view(channels, block, block + lorder - 1)
 
 
-def _causal_memory(p: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-    """Per-channel causal FIR along S, out[s] = sum_k taps[k] * p[s - K + 1 + k] (the
+def _causal_memory(p: torch.Tensor, band: torch.Tensor, before: torch.Tensor | None = None):
+    """Per-channel causal FIR along the steps, out[s] = sum_k taps[k] * p[s - K + 1 + k] (the
     reference's left-zero-padded depthwise conv), as banded matrix products.
 
-    p: (N, nb * Q, I); band: (N, 1, Q, Q + K - 1) from ``_memory_band`` -> (N, nb * Q, I).
-    Block j of the output is band_cur @ p_block_j + band_prev @ (last K - 1 steps of block
-    j - 1): the band's columns index the steps jQ - K + 1 ... jQ + Q - 1.  Needs Q >= K - 1
-    when there are several blocks.
+    p: (N, g * Q, I) = g blocks of Q steps; band: (N, Q, Q + K - 1) from ``_memory_band``;
+    before: (N, K - 1, I), the K - 1 steps preceding p (None: zeros).  Returns (N, g * Q, I).
+    Block j is band_cur @ p_j + band_prev @ (last K - 1 steps of block j - 1): the band's
+    columns index the steps jQ - K + 1 ... jQ + Q - 1.  Needs Q >= K - 1 for several blocks.
     """
     channels, steps, width = p.shape
-    block, lorder = band.shape[2], band.shape[3] - band.shape[2] + 1
+    block, lorder = band.shape[1], band.shape[2] - band.shape[1] + 1
     blocks = steps // block
-    p = p.view(channels, blocks, block, width)  # (N, nb, Q, I)
-    out = torch.matmul(band[..., lorder - 1 :], p)  # (N, nb, Q, I)
-    if blocks > 1:
-        tail = p[:, :-1, block - lorder + 1 :]  # (N, nb - 1, K - 1, I)
-        out[:, 1:] += torch.matmul(band[..., : lorder - 1], tail)  # (N, nb - 1, Q, I)
+    p4 = p.view(channels, blocks, block, width)  # (N, g, Q, I)
+    out = torch.matmul(band[:, None, :, lorder - 1 :], p4)  # (N, g, Q, I)
+    if lorder > 1:
+        prev = band[:, None, :, : lorder - 1]  # (N, 1, Q, K - 1)
+        if blocks > 1:
+            out[:, 1:] += torch.matmul(prev, p4[:, :-1, block - lorder + 1 :])
+        if before is not None:
+            out[:, 0] += torch.bmm(prev[:, 0], before)
     return out.view(channels, steps, width)
+
+
+def _causal_memory_backward(grad, p, band, before=None, grad_after=None):
+    """Gradients of ``_causal_memory`` w.r.t. p (N, g * Q, I) and band (N, Q, Q + K - 1).
+
+    grad_after: (N, Q, I), the output gradient of the block that follows p (None: none).
+    """
+    channels, steps, width = grad.shape
+    block, lorder = band.shape[1], band.shape[2] - band.shape[1] + 1
+    blocks = steps // block
+    g4 = grad.view(channels, blocks, block, width)  # (N, g, Q, I)
+    p4 = p.view(channels, blocks, block, width)
+    g_p = torch.matmul(band[:, None, :, lorder - 1 :].transpose(-1, -2), g4)  # (N, g, Q, I)
+    g_band = grad.new_zeros(band.shape)  # (N, Q, Q + K - 1)
+    g_band[..., lorder - 1 :] = torch.matmul(g4, p4.transpose(-1, -2)).sum(1)
+    if lorder > 1:
+        prev_t = band[..., : lorder - 1].transpose(1, 2)  # (N, K - 1, Q)
+        if blocks > 1:
+            g_p[:, :-1, block - lorder + 1 :] += torch.matmul(prev_t[:, None], g4[:, 1:])
+            g_band[..., : lorder - 1] += torch.matmul(
+                g4[:, 1:], p4[:, :-1, block - lorder + 1 :].transpose(-1, -2)).sum(1)
+        if grad_after is not None:
+            g_p[:, -1, block - lorder + 1 :] += torch.bmm(prev_t, grad_after)
+        if before is not None:
+            g_band[..., : lorder - 1] += torch.bmm(g4[:, 0], before.transpose(1, 2))
+    return g_p.view(channels, steps, width), g_band
+
+
+# The FSMN runs through the sequence in chunks of whole memory blocks holding about this many
+# columns (steps x positions), so that its temporaries stay small (cache and malloc friendly).
+_FSMN_CHUNK = 16384
+
+
+def _fsmn_row_chunks(padded: int, block: int, width: int) -> list[tuple[int, int]]:
+    """[start, stop) step ranges of whole blocks, about _FSMN_CHUNK columns each."""
+    rows = max(1, _FSMN_CHUNK // (block * width)) * block
+    return [(start, min(start + rows, padded)) for start in range(0, padded, rows)]
+
+
+def _transpose_channels(x: torch.Tensor, out: torch.Tensor) -> None:
+    """(B, S, W, 2, C) -> out (C, S, B, W, 2) through a blocked 2-D transpose."""
+    batch, seq, width, _, channels = x.shape
+    flat = x.reshape(-1, channels).t()  # (C, B * S * W * 2): copies of this are blocked
+    if batch == 1 and out.is_contiguous():
+        out.view(channels, -1).copy_(flat)
+    else:
+        tmp = torch.empty_like(flat, memory_format=torch.contiguous_format).copy_(flat)
+        out.copy_(tmp.view(channels, batch, seq, width, 2).transpose(1, 2))
+
+
+def _output_grad_rows(g_cm: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """d out / d z for steps [start, stop): real = z_re,r - z_im,i, imag = z_re,i + z_im,r.
+
+    g_cm: (C, B, S, W, 2) output gradient, channel-major -> (2C, stop - start, B * W * 2)
+    (zero beyond S).
+    """
+    channels, batch, seq, width, _ = g_cm.shape
+    valid = max(0, min(stop, seq) - start)
+    g_z = g_cm.new_empty(2, channels, stop - start, batch, width, 2)  # (fsmn, C, S, B, W, plane)
+    if valid < stop - start:
+        g_z[:, :, valid:] = 0.0
+    src = g_cm[:, :, start : start + valid].transpose(1, 2)  # (C, S, B, W, plane)
+    g_z[0, :, :valid] = src
+    g_z[1, :, :valid, ..., 0] = src[..., 1]
+    torch.neg(src[..., 0], out=g_z[1, :, :valid, ..., 1])
+    return g_z.view(2 * channels, stop - start, -1)
+
+
+class _ComplexFsmnFunction(torch.autograd.Function):
+    """Both real FSMNs on both planes, X + P + memory(P), combined as in ``_complex_fsmn``.
+
+    Inputs: x (B, S, W, 2C); w_lin (2H, C + 1) (bias as last column); w_proj (2, C, H);
+    taps (2C, K) with +1 on the current step; the memory block length Q.
+    Works on a channel-major copy of x, cols (C + 1, S_pad, B, W, plane) whose last row is
+    ones, chunk by chunk along S.  Only cols is kept for the backward, which recomputes the
+    hidden layer and projection per chunk: the FSMNs keep 1 instead of 5 input-sized maps
+    for the backward, and no large temporary is ever allocated.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_lin, w_proj, taps, block):
+        batch, seq, width, channels2 = x.shape
+        channels, hidden, lorder = channels2 // 2, w_proj.shape[2], taps.shape[1]
+        padded = math.ceil(seq / block) * block  # whole blocks (causal: the tail is discarded)
+        cols = x.new_empty(channels + 1, padded, batch, width, 2)  # (C + 1, S_pad, B, W, plane)
+        cols[channels] = 1.0  # multiplies the bias column of w_lin
+        cols[:channels, seq:] = 0.0
+        _transpose_channels(x.view(batch, seq, width, 2, channels), cols[:channels, :seq])
+        band = _memory_band(taps, block)  # (2C, Q, Q + K - 1)
+        out_cm = x.new_empty(channels, batch, seq, width, 2)  # output, channel-major
+        before = None  # p of the K - 1 steps before the chunk
+        for start, stop in _fsmn_row_chunks(padded, block, batch * width * 2):
+            xc = cols[:, start:stop].view(channels + 1, -1)  # (C + 1, n)
+            h = torch.mm(w_lin, xc).relu_()  # (2H, n)
+            p = torch.bmm(w_proj, h.view(2, hidden, -1)).view(channels2, stop - start, -1)
+            z = _causal_memory(p, band, before)  # (2C, rows, BW2): P + memory(P)
+            before = p[:, stop - start - lorder + 1 :].clone() if lorder > 1 else None
+            z.view(2, channels, -1).add_(xc[:channels])  # + X: fsmn_re(x_plane), fsmn_im(x_plane)
+            valid = min(stop, seq) - start
+            z = z.view(2, channels, stop - start, batch, width, 2)[:, :, :valid]
+            dst = out_cm[:, :, start : start + valid].transpose(1, 2)  # (C, rows, B, W, plane)
+            torch.sub(z[0, ..., 0], z[1, ..., 1], out=dst[..., 0])  # real
+            torch.add(z[0, ..., 1], z[1, ..., 0], out=dst[..., 1])  # imag
+        out = x.new_empty(batch, seq, width, 2, channels)
+        out.view(-1, channels).copy_(out_cm.view(channels, -1).t())  # blocked 2-D transpose
+        ctx.save_for_backward(cols, w_lin, w_proj, band)
+        ctx.seq = seq
+        return out.view(batch, seq, width, channels2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad: (B, S, W, 2C)
+        cols, w_lin, w_proj, band = ctx.saved_tensors
+        seq, (_, padded, batch, width, _) = ctx.seq, cols.shape
+        channels, hidden = w_proj.shape[1], w_proj.shape[2]
+        block, lorder = band.shape[1], band.shape[2] - band.shape[1] + 1
+        g_cm = grad.new_empty(channels, batch, seq, width, 2)  # output gradient, channel-major
+        g_cm.view(channels, -1).copy_(grad.reshape(-1, channels).t())
+        gx_cm = torch.empty_like(g_cm)  # input gradient, channel-major
+        g_w_lin, g_w_proj, g_band = torch.zeros_like(w_lin), torch.zeros_like(w_proj), torch.zeros_like(band)
+        before = None
+        for start, stop in _fsmn_row_chunks(padded, block, batch * width * 2):
+            xc = cols[:, start:stop].view(channels + 1, -1)  # (C + 1, n)
+            h = torch.mm(w_lin, xc).relu_()  # recomputed hidden layer (2H, n)
+            p = torch.bmm(w_proj, h.view(2, hidden, -1)).view(2 * channels, stop - start, -1)
+            g_z = _output_grad_rows(g_cm, start, stop)  # (2C, rows, BW2)
+            after = _output_grad_rows(g_cm, stop, stop + block) if stop < padded else None
+            g_p, g_band_c = _causal_memory_backward(g_z, p, band, before, after)
+            g_band += g_band_c
+            before = p[:, stop - start - lorder + 1 :].clone() if lorder > 1 else None
+            g_p = g_p.view(2, channels, -1)
+            g_w_proj.baddbmm_(g_p, h.view(2, hidden, -1).transpose(1, 2))  # (2, C, H)
+            g_h = torch.bmm(w_proj.transpose(1, 2), g_p).view(2 * hidden, -1)  # (2H, n)
+            torch.ops.aten.threshold_backward.grad_input(g_h, h, 0, grad_input=g_h)  # ReLU
+            g_w_lin.addmm_(g_h, xc.t())  # (2H, C + 1)
+            g_z = g_z.view(2, channels, -1)
+            g_cols = torch.addmm(g_z[0] + g_z[1], w_lin[:, :channels].t(), g_h)  # (C, n)
+            valid = min(stop, seq) - start
+            g_cols = g_cols.view(channels, stop - start, batch, width, 2)[:, :valid]
+            gx_cm[:, :, start : start + valid].transpose(1, 2).copy_(g_cols)
+        g_x = grad.new_empty(batch, seq, width, 2 * channels)
+        g_x.view(-1, channels).copy_(gx_cm.view(channels, -1).t())  # blocked 2-D transpose
+        shifts = _band_shifts(block, lorder, band.dtype, band.device)
+        g_taps = g_band.view(band.shape[0], -1) @ shifts.t()  # (2C, K)
+        return g_x, g_w_lin, g_w_proj, g_taps, None
 
 
 def _fsmn_weights(fsmn_re: UniDeepFsmn, fsmn_im: UniDeepFsmn):
@@ -384,30 +532,13 @@ def _complex_fsmn(x: torch.Tensor, owner: nn.Module, layer: str) -> torch.Tensor
     The four real FSMN applications run as three matrix products in a channel-major layout
     (C, S * 2 * B * W): one holds both FSMNs' ``linear`` layers (bias via a row of ones), one
     (batched) both ``project`` layers and one (batched over channels) the memories as banded
-    matrices, with the P term folded in as +1 on the current-step tap.
+    matrices (``_causal_memory``), with the P term folded in as +1 on the current-step tap.
     """
     fsmn_re, fsmn_im = getattr(owner, f"fsmn_re_{layer}"), getattr(owner, f"fsmn_im_{layer}")
     sources = list(fsmn_re.parameters()) + list(fsmn_im.parameters())
     w_lin, w_proj, taps = _reuse(owner, layer, sources, lambda: _fsmn_weights(fsmn_re, fsmn_im))
-    batch, seq, width, channels2 = x.shape
-    channels, hidden = channels2 // 2, w_proj.shape[2]
-    block = _memory_block(seq, taps.shape[1])
-    padded = math.ceil(seq / block) * block  # S_pad: whole blocks (causal: tail is discarded)
-    band = _reuse(owner, f"{layer}_band{block}", sources, lambda: _memory_band(taps, block))
-    cols = x.new_empty(channels + 1, padded, 2, batch, width)  # (C + 1, S_pad, 2, B, W)
-    cols[channels] = 1.0  # multiplies the bias column of w_lin
-    cols[:channels, seq:] = 0.0
-    cols[:channels, :seq] = x.view(batch, seq, width, 2, channels).permute(4, 1, 3, 0, 2)
-    h = torch.relu_(w_lin @ cols.view(channels + 1, -1))  # (2H, S_pad * 2BW)
-    p = torch.bmm(w_proj, h.view(2, hidden, -1))  # (2, C, S_pad * 2BW): [P_re ; P_im]
-    z = _causal_memory(p.view(channels2, padded, -1), band)  # (2C, S_pad, 2BW): P + mem(P)
-    z = z.view(2, channels, -1)
-    z += cols[:channels].view(1, channels, -1)  # X + P + mem(P): both real FSMNs' outputs
-    z = z.view(2, channels, padded, 2, batch, width)[:, :, :seq]  # (fsmn, C, S, plane, B, W)
-    (re_r, re_i), (im_r, im_i) = (z_f.unbind(2) for z_f in z.unbind(0))  # (C, S, B, W)
-    real = (re_r - im_i).permute(2, 1, 3, 0)  # (B, S, W, C)
-    imag = (re_i + im_r).permute(2, 1, 3, 0)  # (B, S, W, C)
-    return torch.cat([real, imag], 3)  # (B, S, W, 2C)
+    block = _memory_block(x.shape[1], taps.shape[1])
+    return _ComplexFsmnFunction.apply(x, w_lin, w_proj, taps, block)  # (B, S, W, 2C)
 
 
 class ComplexFsmnL1(nn.Module):

@@ -185,9 +185,9 @@ class MetricDiscriminator(nn.Module):
     """Predicts the normalised PESQ, (PESQ - 1) / 3.5, of an estimate y given a reference x.
 
     Args (CMGAN metric discriminator, NISQA CNN, Conformer):
-        base_channels: CNN width; the six blocks use (1, 2, 4, 4, 4, 4) x base_channels
-            (16 in the release: 16, 32, 64, 64, 64, 64); the Conformer width is
-            D = 6 x 4 x base_channels (384).
+        ndf: CNN width; the six blocks use (1, 2, 4, 4, 4, 4) x ndf (16 in the release:
+            16, 32, 64, 64, 64, 64); the Conformer width is D = 6 x 4 x ndf (384).  (The
+            reference's Discriminator(ndf=16) ignores its argument and always builds 16.)
         num_conformers: Conformer blocks (2).
         heads: attention heads (4, head size D / heads).
         ff_mult, conv_expansion, conv_kernel: Conformer sizes (4, 2, 31).
@@ -199,13 +199,13 @@ class MetricDiscriminator(nn.Module):
     T >= segment_frames; returns (B, 1) in (0, 1).
     """
 
-    def __init__(self, base_channels: int = 16, num_conformers: int = 2, heads: int = 4,
+    def __init__(self, ndf: int = 16, num_conformers: int = 2, heads: int = 4,
                  ff_mult: int = 4, conv_expansion: int = 2, conv_kernel: int = 31,
                  attn_dropout: float = 0.2, ff_dropout: float = 0.2, cnn_dropout: float = 0.2,
                  pool_hidden: int = 128, pool_dropout: float = 0.1, segment_frames: int = 15,
                  segment_hop: int = 4):
         super().__init__()
-        b = base_channels
+        b = ndf
         self.segment_frames = segment_frames
         self.segment_hop = segment_hop
         self.cnn = AdaptCNN((b, 2 * b, 4 * b, 4 * b, 4 * b, 4 * b), cnn_dropout)

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from se.audio import audio_norm
-from se.features import MAX_WAV_VALUE, FbankFeatures, covering_length
+from se.features import MAX_WAV_VALUE, FbankFeatures, WorkerFeatures, covering_length
+from se.models import network_conf
 from se.models.mossformer2_blocks import (
     MossformerBlockGFSMN,
     ScaledSinuEmbedding,
@@ -172,13 +173,27 @@ class MossFormer2SE(nn.Module):
     def from_config(cls, conf: dict) -> "MossFormer2SE":
         return cls(**cls.config_kwargs(conf))
 
+    @classmethod
+    def data_features(cls, conf: dict) -> WorkerFeatures:
+        """The trainer's data-pipeline hook: a picklable ``fn(noisy_segment, rng) -> (S, 180)``
+        computing the network input (fbank with ``fbank_dither``) in the loader workers; the
+        batch's stacked result reaches ``loss(..., features=...)``."""
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        kw = {**defaults, **cls.config_kwargs(network_conf(conf))}
+        return WorkerFeatures(FbankFeatures(kw["sampling_rate"], kw["win_len"], kw["win_inc"], kw["num_mels"],
+                                            kw["win_type"], kw["fbank_dither"]))
+
     @staticmethod
     def convert_clearvoice_state_dict(sd: dict) -> dict:
         """Release keys are ours (``mossformer.…``); checks the key set and returns a copy.
 
         Raises ValueError listing missing / unexpected keys. A release file's 24 aliased
-        ``rotary_pos_emb.freqs`` entries are all present; a single one is enough.
+        ``rotary_pos_emb.freqs`` entries are all present; a single one is enough. A leftover
+        DistributedDataParallel ``module.`` prefix is removed.
         """
+        if sd and all(k.startswith("module.") for k in sd):
+            sd = {k[len("module."):]: v for k, v in sd.items()}
         reference = MossFormer2SE._reference_keys()
         missing = [k for k in reference if k not in sd and not k.endswith("rotary_pos_emb.freqs")]
         unexpected = [k for k in sd if k not in reference]

@@ -127,25 +127,34 @@ class _DepthwiseConvSeq(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        C, P = weight.shape[0], ctx.padding
-        w = weight.reshape(C, 1, 1, -1)  # (C, 1, 1, K)
-        K = w.shape[-1]
         grad = grad.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _dw_conv_cl(grad, w.flip(-1), P)
+            grad_x = _dw_grad_input(grad, weight, ctx.padding)
         if ctx.needs_input_grad[1]:
-            mask = [False, True, False]
-            if K <= _CL_WEIGHT_GRAD_MAX_K:
-                grad_w = torch.ops.aten.convolution_backward(
-                    grad.permute(0, 2, 1).unsqueeze(3), x.permute(0, 2, 1).unsqueeze(3), w.view(C, 1, K, 1),
-                    None, [1, 1], [P, 0], [1, 1], False, [0, 0], C, mask)[1]
-            else:
-                grad_w = torch.ops.aten.convolution_backward(
-                    grad.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), w.view(C, 1, K),
-                    None, [1], [P], [1], False, [0], C, mask)[1]
-            grad_w = grad_w.reshape(weight.shape)
+            grad_w = _dw_grad_weight(grad, x, weight, ctx.padding)
         return grad_x, grad_w, None
+
+
+def _dw_grad_input(grad: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """Input gradient of the depthwise conv: correlation with the flipped kernel (same padding)."""
+    return _dw_conv_cl(grad, weight.reshape(weight.shape[0], 1, 1, -1).flip(-1), padding)
+
+
+def _dw_grad_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """Weight gradient of the depthwise conv, (B, S, C) grad and input -> weight.shape."""
+    C = weight.shape[0]
+    K = weight.shape[2]
+    mask = [False, True, False]
+    if K <= _CL_WEIGHT_GRAD_MAX_K:
+        grad_w = torch.ops.aten.convolution_backward(
+            grad.permute(0, 2, 1).unsqueeze(3), x.permute(0, 2, 1).unsqueeze(3), weight.reshape(C, 1, K, 1),
+            None, [1, 1], [padding, 0], [1, 1], False, [0, 0], C, mask)[1]
+    else:
+        grad_w = torch.ops.aten.convolution_backward(
+            grad.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), weight.reshape(C, 1, K),
+            None, [1], [padding], [1], False, [0], C, mask)[1]
+    return grad_w.reshape(weight.shape)
 
 
 def depthwise_conv_seq(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
@@ -211,6 +220,51 @@ class ConvModule(nn.Module):
         return x + depthwise_conv_seq(x, conv.weight, conv.padding[0])
 
 
+class _FFConvMCore(torch.autograd.Function):
+    """Linear -> SiLU -> (h + DWConv(h)) -> dropout in one Function (float32 CPU training).
+
+    Saves only the linear input, the pre-activation and a boolean dropout mask (SiLU is
+    recomputed in backward): ~3 fewer (B, S, dim_out) tensors per FFConvM kept for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, xn, weight, bias, conv_weight, padding: int, p: float):
+        y = torch.ops.mkldnn._linear_pointwise(xn, weight, bias, "none", [], "")  # (B, S, N)
+        h = F.silu(y)
+        out = _dw_conv_cl(h, conv_weight.reshape(conv_weight.shape[0], 1, 1, -1), padding).add_(h)
+        del h
+        keep = None
+        if p > 0.0:
+            keep = torch.rand_like(out).ge_(p)  # float 0/1, same law as dropout()
+            out.mul_(keep).mul_(1.0 / (1.0 - p))
+            keep = keep.bool()
+        ctx.save_for_backward(xn, weight, y, conv_weight, keep)
+        ctx.padding, ctx.p, ctx.has_bias = padding, p, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xn, weight, y, conv_weight, keep = ctx.saved_tensors
+        grad = grad.contiguous()
+        if keep is not None:
+            grad = grad.masked_fill(~keep, 0.0).mul_(1.0 / (1.0 - ctx.p))
+        h = F.silu(y)
+        grad_conv_w = _dw_grad_weight(grad, h, conv_weight, ctx.padding) if ctx.needs_input_grad[3] else None
+        grad_h = _dw_grad_input(grad, conv_weight, ctx.padding).add_(grad)  # residual
+        del h, grad
+        grad_y = torch.ops.aten.silu_backward(grad_h, y)  # (B, S, N)
+        del grad_h
+        g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
+        x2 = xn.reshape(-1, xn.shape[-1])  # (M, K)
+        grad_x = mm_nt(g2, weight.t()).reshape(xn.shape) if ctx.needs_input_grad[0] else None
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_w = mm_nt(x2.t(), g2.t()).t() if x2.shape[1] < g2.shape[1] else mm_nt(g2.t(), x2.t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b, grad_conv_w, None, None
+
+
 class FFConvM(nn.Module):
     """Norm -> Linear -> SiLU -> ConvModule -> Dropout (MossFormer's convolution-augmented FFN).
 
@@ -230,8 +284,12 @@ class FFConvM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, dim_in) -> (B, S, dim_out)
         norm, linear_layer, _, conv_module, drop = self.mdl
-        h = linear(norm(x), linear_layer.weight, linear_layer.bias)  # (B, S, dim_out)
         conv = conv_module.sequential[1].conv
+        xn = norm(x)  # (B, S, dim_in)
+        if torch.is_grad_enabled() and use_onednn(xn, linear_layer.weight) and conv.weight.shape[2] % 2 == 1:
+            p = drop.p if drop.training else 0.0
+            return _FFConvMCore.apply(xn, linear_layer.weight, linear_layer.bias, conv.weight, conv.padding[0], p)
+        h = linear(xn, linear_layer.weight, linear_layer.bias)  # (B, S, dim_out)
         if torch.is_grad_enabled():
             h = F.silu(h)
             return dropout(h + depthwise_conv_seq(h, conv.weight, conv.padding[0]), drop.p, drop.training)

@@ -127,7 +127,7 @@ class MossFormerGAN(nn.Module):
     @staticmethod
     def config_kwargs(conf: dict) -> dict:
         """Constructor kwargs from a resolved config (ClearVoice FFT keys + network_kwargs)."""
-        kw = {k: conf.get(k, v) for k, v in RELEASE_FFT.items()}
+        kw = {k: conf.get(k) or v for k, v in RELEASE_FFT.items()}  # 0 / "" = the release's
         kw["win_len"], kw["win_inc"], kw["fft_len"] = (int(kw[k]) for k in ("win_len", "win_inc", "fft_len"))
         extra = dict(conf.get("network_kwargs") or {})
         clash = set(extra) & set(RELEASE_FFT)
@@ -138,11 +138,17 @@ class MossFormerGAN(nn.Module):
 
     @classmethod
     def from_config(cls, conf: dict) -> "MossFormerGAN":
+        """Network from a resolved config; inference-YAML keys ``decode_window`` and
+        ``one_time_decode_length`` (seconds) set the clearvoice_decode segmentation."""
         kw = cls.config_kwargs(conf)
         try:
-            return cls(**kw)
+            model = cls(**kw)
         except TypeError as exc:
             raise ValueError(f"MossFormerGAN: bad network_kwargs {kw}: {exc}") from None
+        for key in ("decode_window", "one_time_decode_length"):
+            if conf.get(key):
+                setattr(model, key, float(conf[key]))
+        return model
 
     @staticmethod
     def discriminator_kwargs(conf: dict) -> dict:
@@ -232,16 +238,19 @@ class MossFormerGAN(nn.Module):
         finally:
             self.train(was_training)
 
-    # reference decode (spec section 5)
-    DECODE_WINDOW = 16000  # samples (decode_window 1 s)
-    DECODE_STRIDE = 12000  # 0.75 window
-    ONE_PASS_MAX = 160000  # one_time_decode_length 10 s
+    # reference decode (spec section 5): ClearVoice inference-YAML values
+    decode_window = 1.0  # seconds per window of the segmented decode (stride 0.75 window)
+    one_time_decode_length = 10.0  # seconds: longer (padded) inputs are decoded in windows
     DECODE_BATCH = 4  # windows per forward in segmented decoding (numerically independent)
 
-    @classmethod
-    def clearvoice_padded_length(cls, n: int) -> int:
+    def _decode_grid(self) -> tuple[int, int]:
+        w = int(self.sampling_rate * self.decode_window)
+        return w, int(w * 0.75)
+
+    @staticmethod
+    def clearvoice_padded_length(n: int, window: int = 16000, stride: int = 12000) -> int:
         """Length after the reference's segment padding (zeros)."""
-        w, s = cls.DECODE_WINDOW, cls.DECODE_STRIDE
+        w, s = window, stride
         if n < w:
             return w
         if n < w + s:
@@ -266,7 +275,8 @@ class MossFormerGAN(nn.Module):
         """Reference decode of raw float64 samples (L,) -> float64 (L,) (spec section 5).
 
         audio_norm, zero padding to the reference's segment grid, one pass when the padded
-        signal is <= 10 s else 1 s windows every 0.75 s keeping [2000, 14000) of each,
+        signal is <= one_time_decode_length (10 s) else windows of decode_window (1 s) every
+        0.75 window keeping [2000, 14000) of each (first: [0, 14000)),
         c without epsilon, centred STFT + UNcentred iSTFT (200-sample delay), [:L] * scalar.
         """
         raw = np.asarray(raw, dtype=np.float64)
@@ -279,11 +289,11 @@ class MossFormerGAN(nn.Module):
                 x, scalar = audio_norm(raw)
                 x = x.astype(np.float32)
                 n = x.shape[0]
-                padded = self.clearvoice_padded_length(n)
+                padded = self.clearvoice_padded_length(n, *self._decode_grid())
                 x = np.concatenate([x, np.zeros(padded - n, np.float32)])
                 dtype, device = self.window.dtype, self.window.device
                 audio = torch.from_numpy(x).to(device, dtype)
-                if padded <= self.ONE_PASS_MAX:
+                if padded <= self.sampling_rate * self.one_time_decode_length:
                     out = self._clearvoice_pass(audio[None])[0].double().cpu().numpy()
                 else:
                     out = self._clearvoice_segments(audio)
@@ -292,7 +302,7 @@ class MossFormerGAN(nn.Module):
         return out[:n].astype(np.float64) * scalar
 
     def _clearvoice_segments(self, audio: torch.Tensor) -> np.ndarray:
-        w, s = self.DECODE_WINDOW, self.DECODE_STRIDE
+        w, s = self._decode_grid()
         give_up = (w - s) // 2
         total = audio.shape[0]
         starts = list(range(0, total - w + 1, s))

@@ -16,6 +16,10 @@ v / u einsums, both conv1d_out "speakers", rotary-embedding-torch) on the same w
 the same process, so the speed-up is measured under the same machine load; it also reports the
 max |difference| of the outputs. Reference numbers (idle 2-core machine, TIMINGS.md):
 train 12.17 s / 7.9 GB peak RSS; enhancement RTF 0.28 (10 s) / 0.9 GB.
+
+On a machine whose cores are busy with other work, 2-thread OpenMP runs mostly wait for the
+descheduled thread (wall times several times the 1-thread ones, for both implementations):
+report the load average with the numbers and prefer ``--threads 1`` comparisons there.
 """
 
 from __future__ import annotations
@@ -258,41 +262,55 @@ def run_case(args) -> None:
     print(json.dumps(out))
 
 
+def _run(case: str, args, baseline: bool) -> dict | None:
+    cmd = [sys.executable, __file__, "--case", case, "--threads", str(args.threads), "--runs", str(args.runs)]
+    if baseline:
+        cmd.append("--baseline")
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if res.returncode != 0:
+        print(f"{case}: FAILED\n{res.stderr[-3000:]}")
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--baseline", action="store_true", help="also time the release-style computation")
+    p.add_argument("--baseline", action="store_true",
+                   help="also time the release-style computation (extra subprocess per case, interleaved runs)")
     p.add_argument("--cases", default="train,enh10,enh60")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = p.parse_args()
     if args.case:
         run_case(args)
         return
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.runs} runs per case")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.runs} runs per case, "
+          f"load average at start {os.getloadavg()[0]:.1f} (the machine may be shared: compare with --baseline)")
+    rss = {}
     for case in args.cases.split(","):
-        cmd = [sys.executable, __file__, "--case", case, "--threads", str(args.threads), "--runs", str(args.runs)]
-        if args.baseline and case != "enh60":
-            cmd.append("--baseline")
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if res.returncode != 0:
-            print(f"{case}: FAILED\n{res.stderr[-3000:]}")
+        r = _run(case, args, baseline=False)  # ours alone: time and peak RSS
+        if r is None:
             continue
-        r = json.loads(res.stdout.strip().splitlines()[-1])
+        rss[case] = r["peak_rss_gb"]
         if case == "train":
-            line = f"train step (4 x 4 s): median {r['train_ours_s']:.2f} s (reference 12.17 s)"
-            if "train_baseline_s" in r:
-                line += (f"; baseline here {r['train_baseline_s']:.2f} s -> x{r['train_baseline_s'] / r['train_ours_s']:.2f}"
-                         f"; eval mask max|diff| {r['train_max_abs_diff_eval_mask']:.2e}")
+            line = f"train step (4 x 4 s, released size): median {r['train_ours_s']:.2f} s (reference: 12.17 s, 7.9 GB)"
         else:
-            k = case
-            line = f"enhance {case[3:]} s: RTF {r[f'{k}_ours_rtf']:.3f}"
-            if f"{k}_baseline_rtf" in r:
-                line += (f"; baseline here {r[f'{k}_baseline_rtf']:.3f} -> x{r[f'{k}_baseline_rtf'] / r[f'{k}_ours_rtf']:.2f}"
-                         f"; output max|diff| {r[f'{k}_max_abs_diff']:.2e}")
-        line += f"; peak RSS {r['peak_rss_gb']:.2f} GB (this subprocess, both impls when compared); load {r['load_avg'][0]:.1f}"
-        print(line)
-        print("   ", json.dumps({k: v for k, v in r.items() if k.endswith("_runs")}))
+            line = f"enhance {case[3:]} s (clearvoice_decode): RTF {r[f'{case}_ours_rtf']:.3f} (reference 10 s: 0.28, 0.9 GB)"
+        print(f"{line}; peak RSS {r['peak_rss_gb']:.2f} GB; load {r['load_avg'][0]:.1f}")
+        print("    runs (s):", r[f"{case}_ours_runs" if case != "train" else "train_ours_runs"])
+        if args.baseline and case != "enh60":
+            b = _run(case, args, baseline=True)
+            if b is None:
+                continue
+            if case == "train":
+                ours, base, diff = b["train_ours_s"], b["train_baseline_s"], b["train_max_abs_diff_eval_mask"]
+            else:
+                ours, base, diff = b[f"{case}_ours_rtf"], b[f"{case}_baseline_rtf"], b[f"{case}_max_abs_diff"]
+            print(f"    same process, interleaved: ours {ours:.3f} vs release-style baseline {base:.3f} -> "
+                  f"x{base / ours:.2f} faster; outputs max|diff| {diff:.2e}; load {b['load_avg'][0]:.1f}")
+    if "enh10" in rss and "enh60" in rss:
+        print(f"peak RSS 60 s / 10 s enhancement: {rss['enh60'] / rss['enh10']:.2f} (bound: 1.5)")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ products, masked cross attention, conv1d on transposed copies, no block checkpoi
 the speed-up and memory saving can be measured on the same (possibly busy) machine.  Outputs
 of both are identical up to float rounding.  Run time does not depend on the weight values.
 
+Each JSON line has the median wall time, every run's wall and process CPU time, the peak RSS
+of the case process (PESQ workers excluded), the thread count and the 1-minute load average.
+
 e.g.: PYTHONPATH=. tools/venv/bin/python tests/benchmarks/bench_mossformer_gan.py --runs 3 --baseline
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -104,7 +108,7 @@ def _time(fn, runs: int, device: torch.device) -> tuple[list[float], list[float]
 
 
 def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: str = "cpu",
-             train_seconds: float = 2.0, audio_seconds: float = 10.0) -> dict:
+             train_seconds: float = 2.0, audio_seconds: float = 10.0, kwargs: dict | None = None) -> dict:
     torch.manual_seed(777)
     device = torch.device(device)
     extra = {}
@@ -115,7 +119,7 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
     if case == "train":
         conf = {"init_learning_rate": 5e-4, "disc_learning_rate": 1e-3, "weight_decay": 1e-5,
                 "clip_grad_norm": 10.0, "pesq_workers": pesq_workers}
-        model = MossFormerGAN().to(device)
+        model = MossFormerGAN(**(kwargs or {})).to(device)
         if baseline:
             use_literal(model)
         step = GANTrainStep(model, conf, device)
@@ -155,7 +159,7 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
                  "pesq_workers": pesq_workers}
         seconds = None
     else:
-        model = MossFormerGAN().to(device).eval()
+        model = MossFormerGAN(**(kwargs or {})).to(device).eval()
         if baseline:
             use_literal(model)
         n = int(16000 * audio_seconds)
@@ -177,7 +181,10 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
         "cpu_s": [round(c, 3) for c in cpus],
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "device": str(device),
+        "network_kwargs": kwargs or {},
         **({"cuda_peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)}
            if device.type == "cuda" else {}),
         **extra,
@@ -194,13 +201,19 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="torch device (cuda: GPU timing, CUDA peak memory)")
     ap.add_argument("--train-seconds", type=float, default=2.0, help="training crop (released: 2 s)")
     ap.add_argument("--audio-seconds", type=float, default=10.0, help="enhanced file length")
+    ap.add_argument("--omp-wait-policy", default="PASSIVE",
+                    help="OMP_WAIT_POLICY of the case processes ('' = leave unset). PASSIVE keeps "
+                         "idle OpenMP threads from spinning, which on a shared, busy machine made "
+                         "2-thread runs several times slower")
+    ap.add_argument("--network-kwargs", default="{}", help='JSON, e.g. \'{"checkpoint_blocks": false}\'')
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     ap.add_argument("--literal", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(run_case(args.one, args.runs, args.literal, args.pesq_workers, args.device,
-                                  args.train_seconds, args.audio_seconds)), flush=True)
+                                  args.train_seconds, args.audio_seconds,
+                                  json.loads(args.network_kwargs))), flush=True)
         return
     cases = [c for c in args.cases.split(",") if c]
     bad = set(cases) - {"train", "enhance", "decode"}
@@ -211,10 +224,13 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", case, "--runs", str(args.runs),
                    "--threads", str(args.threads), "--pesq-workers", str(args.pesq_workers),
                    "--device", args.device, "--train-seconds", str(args.train_seconds),
-                   "--audio-seconds", str(args.audio_seconds)]
+                   "--audio-seconds", str(args.audio_seconds), "--network-kwargs", args.network_kwargs]
             if literal:
                 cmd.append("--literal")
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            env = dict(os.environ)
+            if args.omp_wait_policy:
+                env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode != 0:
                 print(json.dumps({"case": case, "impl": "literal" if literal else "ours",
                                   "error": res.stderr.strip().splitlines()[-1:]}), flush=True)
