@@ -32,6 +32,7 @@ from torch import nn
 from se.audio import audio_norm
 from se.features import MAX_WAV_VALUE, FbankFeatures, WorkerFeatures, covering_length
 from se.models import network_conf
+from se.precision import float32
 from se.models.mossformer2_blocks import (
     MossformerBlockGFSMN,
     ScaledSinuEmbedding,
@@ -244,12 +245,14 @@ class MossFormer2SE(nn.Module):
         return self.features(noisy * MAX_WAV_VALUE, generator=generator,
                              dither=self.fbank_dither if dither is None else dither)
 
+    @float32
     def stft(self, wave: torch.Tensor) -> torch.Tensor:
         """ClearVoice's STFT: center=False, symmetric Hamming; (B, L) -> complex (B, F, S)."""
         window = self.stft_window.to(device=wave.device, dtype=wave.dtype)
         return torch.stft(wave, self.fft_len, self.win_inc, self.win_len, window=window, center=False,
                           return_complex=True)
 
+    @float32
     def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """center=False overlap-add iSTFT (B, F, S) -> (B, length); samples after the last full
         frame are zeros, as in the release (torch.istft would warn about them)."""
@@ -261,6 +264,7 @@ class MossFormer2SE(nn.Module):
 
     # -- training -------------------------------------------------------------------------
     @staticmethod
+    @float32
     def psm_target(noisy_spec: torch.Tensor, clean_spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ClearVoice's "l2" target and weight on (B, F, S) complex STFTs.
 

@@ -50,7 +50,9 @@ _ONEDNN = _probe_onednn()
 
 
 def use_onednn(*tensors: torch.Tensor) -> bool:
-    return _ONEDNN and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+    """float32 CPU tensors outside autocast (bf16 training takes the ordinary ops)."""
+    return (_ONEDNN and not torch.is_autocast_enabled("cpu")
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
 
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -167,7 +169,7 @@ def depthwise_conv_seq(x: torch.Tensor, weight: torch.Tensor, padding: int) -> t
     K = weight.shape[2]
     if K != 2 * padding + 1:
         raise ValueError(f"depthwise_conv_seq needs an odd kernel with 'same' padding, got K={K}, padding={padding}")
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
         y = F.conv1d(x.transpose(1, 2), weight.reshape(weight.shape[0], 1, K), padding=padding, groups=x.shape[-1])
         return y.transpose(1, 2)
     if x.dtype != torch.float32:  # float64 (parity tests): CPU grouped Conv1d is very slow there
@@ -461,7 +463,12 @@ class _GatedAttention(torch.autograd.Function):
 
 
 def gated_attention(heads: torch.Tensor, hidden: torch.Tensor, group_size: int, dropout_p: float) -> torch.Tensor:
-    """See :class:`_GatedAttention`; (B, S, 4, D), (B, S, E) -> (B, S, E/2)."""
+    """See :class:`_GatedAttention`; (B, S, 4, D), (B, S, E) -> (B, S, E/2).
+
+    Under autocast (bf16 training) the hand-written backward runs in float32."""
+    if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return _GatedAttention.apply(heads.float(), hidden.float(), group_size, dropout_p)
     return _GatedAttention.apply(heads, hidden, group_size, dropout_p)
 
 
