@@ -36,7 +36,7 @@ def release_checkpoint(network, compat_dir, parity_fill_module, path, prefix=Fal
     return write_release_checkpoint(path, sd, module_prefix=prefix)
 
 
-@pytest.mark.parametrize("network", ["FRCRN_SE_16K"])
+@pytest.mark.parametrize("network", ["FRCRN_SE_16K", "MossFormer2_SE_48K", "MossFormerGAN_SE_16K"])
 def test_release_checkpoint_compat_decode_reproduces_reference(network, compat_dir, parity_fill_module, tmp_path):
     ckpt = release_checkpoint(network, compat_dir, parity_fill_module, tmp_path / "release.pt", prefix=True)
     ref = np.load(compat_dir / f"{network}.parity.npz")

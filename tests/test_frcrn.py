@@ -25,7 +25,7 @@ NPZ_CONSTANTS = {"stft.weight": "stft_weight", "istft.weight": "istft_weight",
                  "istft.window": "istft_window"}
 FILL_SUM = 70456.06927200018  # PARITY.md fingerprint table, FRCRN_SE_16K
 TRAINABLE = 13_141_844  # FRCRN_SE_16K.md §1
-TINY = {"channels": 16, "fsmn_hidden": 16, "lorder": 20}
+TINY = {"channels": 8, "fsmn_hidden": 8, "lorder": 20}
 
 
 def _close(ours, ref, rel):
@@ -154,17 +154,18 @@ def test_clearvoice_decode_parity_float32(released, parity):
 
 def test_segmented_decode_follows_the_reference_windows():
     model = _tiny().eval()
-    x = np.random.default_rng(3).standard_normal(45000).astype(np.float32) * 0.05
-    out = model.decode_normalized(x, one_time_decode_length=1.0, windows_per_batch=3)
-    # reference: pad (45000 - 16000) % 12000 != 0 -> + 45000 - 2 * 12000 zeros; windows of
-    # 16000 every 12000 run one by one, 2000 samples given up at the inner edges
-    padded = np.concatenate([x, np.zeros(45000 - 2 * 12000, np.float32)])
+    x = np.random.default_rng(3).standard_normal(15000).astype(np.float32) * 0.05
+    out = model.decode_normalized(x, one_time_decode_length=0.5, decode_window=0.5,
+                                  windows_per_batch=3)
+    # reference with 0.5 s windows: window 8000, stride 6000, give_up 1000;
+    # (15000 - 8000) % 6000 != 0 -> pad 15000 - 6000 zeros; windows run one by one
+    padded = np.concatenate([x, np.zeros(15000 - 6000, np.float32)])
     ref = np.zeros(padded.shape[0])
     with torch.no_grad():
-        for i in range(0, padded.shape[0] - 16000 + 1, 12000):
-            w = model(torch.from_numpy(padded[i : i + 16000])[None])[1][0].numpy()
-            lo = 0 if i == 0 else 2000
-            ref[i + lo : i + 14000] = w[lo:14000]
+        for i in range(0, padded.shape[0] - 8000 + 1, 6000):
+            w = model(torch.from_numpy(padded[i : i + 8000])[None])[1][0].numpy()
+            lo = 0 if i == 0 else 1000
+            ref[i + lo : i + 7000] = w[lo:7000]
     assert out.shape == ref.shape
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
 
@@ -177,8 +178,8 @@ def test_training_forward_and_gradients_match_literal_reference():
     lit = copy.deepcopy(ours)
     lit.forward = lambda x: literal_forward(lit, x)
     rng = np.random.default_rng(0)
-    noisy = torch.from_numpy(rng.standard_normal((3, 5000)) * 0.1)
-    clean = torch.from_numpy(rng.standard_normal((3, 5000)) * 0.05)
+    noisy = torch.from_numpy(rng.standard_normal((2, 3000)) * 0.1)
+    clean = torch.from_numpy(rng.standard_normal((2, 3000)) * 0.05)
     loss_a, parts_a = ours.loss(noisy, clean)
     loss_b, parts_b = lit.loss(noisy, clean)
     loss_a.backward()
@@ -305,7 +306,7 @@ def test_enhance_is_deterministic_and_leaves_no_graph():
 # ---------------------------------------------------------------------------------------------
 # shapes, configs, errors
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("channels,batch,length", [(8, 1, 640), (16, 2, 16000), (24, 3, 7777)])
+@pytest.mark.parametrize("channels,batch,length", [(8, 1, 640), (16, 2, 16000), (8, 3, 7777)])
 def test_tiny_shapes(channels, batch, length):
     model = FRCRN(channels=channels).eval()
     frames = (length - 640) // 320 + 1
@@ -317,14 +318,35 @@ def test_tiny_shapes(channels, batch, length):
 
 
 def test_long_sequences_use_several_memory_blocks():
-    # 3 s = 149 frames -> the bottleneck time FSMN sees 156 steps (5 memory blocks)
+    # 64 frames -> the bottleneck time FSMN sees 71 steps: 2 memory blocks of 36 (one padded)
     model = _tiny(seed=2).double().eval()
-    x = torch.randn(1, 48000, dtype=torch.float64) * 0.1
+    x = torch.randn(1, 63 * 320 + 640, dtype=torch.float64) * 0.1
     with torch.no_grad():
         ours = model(x)
         ref = literal_forward(model, x)
     for a, b in zip(ours, ref):
         _close(a, b, 1e-9)
+
+
+@pytest.mark.parametrize("batch,seq,width,block,chunk", [
+    (2, 30, 3, 10, 16384),  # one chunk, 3 blocks
+    (1, 23, 2, 8, 40),  # 3 chunks of one block, last block padded
+    (2, 9, 2, 9, 16384),  # one block shorter than the memory
+])
+def test_fsmn_function_gradients(monkeypatch, batch, seq, width, block, chunk):
+    from se.models import frcrn
+
+    monkeypatch.setattr(frcrn, "_FSMN_CHUNK", chunk)
+    g = torch.Generator().manual_seed(seq)
+    channels, hidden, lorder = 2, 3, 6 if seq > 9 else 20
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    inputs = (rand(batch, seq, width, 2 * channels), rand(2 * hidden, channels + 1),
+              rand(2, channels, hidden), rand(2 * channels, lorder))
+    fn = lambda *a: frcrn._ComplexFsmnFunction.apply(*a, block)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
 
 
 def test_bad_input_rank_raises_with_shape():

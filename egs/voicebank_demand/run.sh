@@ -34,7 +34,8 @@ datadir=data            # data dirs: <datadir>/<16k|48k>/<train|valid|test>
 dumpdir=dump            # 16 kHz copies of the corpus made by stage 1
 expdir=exp              # experiments: <expdir>/<tag>
 nj=4                    # parallel jobs for resampling, enhancement and scoring
-ngpu=0                  # GPUs for training (0 = CPU)
+ngpu=0                  # GPUs per node for training (0 = CPU)
+num_nodes=1             # nodes for training (more than 1 needs cmd_backend=slurm)
 init=                   # fine-tune from this checkpoint (a ClearVoice release file or one of ours)
 tag=                    # experiment name; default <network>
 train_args=             # more se.bin.train options (shell quoting), e.g. "--max_epoch 20 --batch_size 8"
@@ -153,7 +154,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
     log "$exp is trained already with these settings, skipping ($exp/.stage3.done)"
   else
     rm -f "$exp/.stage3.done"
-    "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --config "$conf" \
+    "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
       --train-data "$data/train" --valid-data "$data/valid" --exp-dir "$exp" -- "${extra[@]}"
     mark_done "$exp/.stage3.done" "$train_sig"
   fi

@@ -31,7 +31,10 @@ Differences from the reference code that do not change any output:
   :meth:`FRCRN.convert_clearvoice_state_dict` maps release checkpoints (spec §7);
 * modules whose outputs are never used (``fsmn_enc0``, ``fsmn_dec6``, ``se_layer_enc6``,
   ``se_layer_dec5``, spec §4.3) keep their parameters but are not evaluated;
-* in eval mode the batch norms are folded into the convolution weights.
+* in eval mode the batch norms are folded into the convolution weights, and derived weights
+  (block weights, stacked FSMN weights) are reused between calls while no gradient is
+  recorded (see ``_reuse``);
+* the FSMN backward recomputes its hidden layer instead of storing it.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ class ConviSTFT(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# complex layers on channel-stacked (B, 2C, F, T) maps (spec §4.1)
+# complex layers on channels-last (B, F, T, 2C) maps (spec §4.1)
 # ---------------------------------------------------------------------------------------------
 def _complex_block(w_re: torch.Tensor, w_im: torch.Tensor, dim_out: int, dim_in: int):
     """Real weight of a complex linear map: [[W_re, -W_im], [W_im, W_re]] (out rows, in cols)."""
@@ -309,21 +312,25 @@ class UniDeepFsmn(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, (lorder, 1), groups=channels, bias=False)
 
 
-# The FSMN memory runs blockwise: S is cut into blocks of about this many steps and every block
-# is one banded (Q, Q + K - 1) matrix product with itself and the K - 1 steps before it.
-_MEMORY_BLOCK = 32
+# The FSMN memory runs blockwise: S is cut into blocks of Q <= _MAX_BLOCK steps and every
+# block is one banded (Q, Q + K - 1) matrix product with itself and the K - 1 steps before it.
+_MAX_BLOCK = 64
+# The FSMN runs through the sequence in chunks of whole blocks holding about this many columns
+# (steps x positions), so that its temporaries stay small (cache and malloc friendly).
+_FSMN_CHUNK = 16384
 
 
-def _memory_block(seq: int, lorder: int) -> int:
-    """Block length Q for a sequence of S steps: S itself when short, else a divisor of S
-    near _MEMORY_BLOCK (no padding needed), else _MEMORY_BLOCK-ish with a padded last block."""
-    if seq <= 2 * _MEMORY_BLOCK:
+def _memory_block(seq: int, lorder: int, width: int) -> int:
+    """Block length Q for S steps of ``width`` columns: about one chunk per block, at least
+    K - 1 (a block's memory reaches only into the previous block), little padding."""
+    target = min(max(_FSMN_CHUNK // max(width, 1), lorder - 1, 1), _MAX_BLOCK)
+    if seq <= target:
         return seq
-    smallest = max(lorder - 1, _MEMORY_BLOCK // 2)
-    divisors = [q for q in range(smallest, 2 * _MEMORY_BLOCK + 1) if seq % q == 0]
-    if divisors:
-        return min(divisors, key=lambda q: abs(q - _MEMORY_BLOCK))
-    return max(math.ceil(seq / math.ceil(seq / _MEMORY_BLOCK)), lorder - 1)
+
+    def cost(q):  # relative padding (weighted) + distance from the target length
+        return 4 * (math.ceil(seq / q) * q - seq) / seq + abs(q - target) / target
+
+    return min(range(max(lorder - 1, 1), _MAX_BLOCK + 1), key=cost)
 
 
 @functools.lru_cache(maxsize=32)
@@ -392,11 +399,6 @@ def _causal_memory_backward(grad, p, band, before=None, grad_after=None):
     return g_p.view(channels, steps, width), g_band
 
 
-# The FSMN runs through the sequence in chunks of whole memory blocks holding about this many
-# columns (steps x positions), so that its temporaries stay small (cache and malloc friendly).
-_FSMN_CHUNK = 16384
-
-
 def _fsmn_row_chunks(padded: int, block: int, width: int) -> list[tuple[int, int]]:
     """[start, stop) step ranges of whole blocks, about _FSMN_CHUNK columns each."""
     rows = max(1, _FSMN_CHUNK // (block * width)) * block
@@ -451,7 +453,7 @@ class _ComplexFsmnFunction(torch.autograd.Function):
         cols = x.new_empty(channels + 1, padded, batch, width, 2)  # (C + 1, S_pad, B, W, plane)
         cols[channels] = 1.0  # multiplies the bias column of w_lin
         cols[:channels, seq:] = 0.0
-        _transpose_channels(x.view(batch, seq, width, 2, channels), cols[:channels, :seq])
+        _transpose_channels(x.reshape(batch, seq, width, 2, channels), cols[:channels, :seq])
         band = _memory_band(taps, block)  # (2C, Q, Q + K - 1)
         out_cm = x.new_empty(channels, batch, seq, width, 2)  # output, channel-major
         before = None  # p of the K - 1 steps before the chunk
@@ -529,15 +531,16 @@ def _complex_fsmn(x: torch.Tensor, owner: nn.Module, layer: str) -> torch.Tensor
     FSMNs ``owner.fsmn_re_<layer>``, ``owner.fsmn_im_<layer>``.
 
     x: (B, S, W, 2C), memory along S (causal, K steps), W is batch-like.
-    The four real FSMN applications run as three matrix products in a channel-major layout
-    (C, S * 2 * B * W): one holds both FSMNs' ``linear`` layers (bias via a row of ones), one
-    (batched) both ``project`` layers and one (batched over channels) the memories as banded
-    matrices (``_causal_memory``), with the P term folded in as +1 on the current-step tap.
+    The four real FSMN applications (2 FSMNs x 2 planes) run as three matrix products on a
+    channel-major copy (C + 1, S, B, W, plane) of x: one holds both FSMNs' ``linear`` layers
+    (bias via a row of ones), one (batched) both ``project`` layers and one (batched over
+    channels) the memories as banded matrices (``_causal_memory``), with the P term folded in
+    as +1 on the current-step tap.  See ``_ComplexFsmnFunction``.
     """
     fsmn_re, fsmn_im = getattr(owner, f"fsmn_re_{layer}"), getattr(owner, f"fsmn_im_{layer}")
     sources = list(fsmn_re.parameters()) + list(fsmn_im.parameters())
     w_lin, w_proj, taps = _reuse(owner, layer, sources, lambda: _fsmn_weights(fsmn_re, fsmn_im))
-    block = _memory_block(x.shape[1], taps.shape[1])
+    block = _memory_block(x.shape[1], taps.shape[1], x.shape[0] * x.shape[2] * 2)
     return _ComplexFsmnFunction.apply(x, w_lin, w_proj, taps, block)  # (B, S, W, 2C)
 
 

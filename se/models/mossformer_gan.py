@@ -36,6 +36,7 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from se.audio import audio_norm
+from se.checkpoint import torch_load
 from se.models.metric_discriminator import MetricDiscriminator, _check_keys
 from se.models.mossformer_gan_blocks import ComplexDecoder, DenseEncoder, MaskDecoder, SyncANetBlock
 from se.train_step import LossForward, TrainStep, unwrap
@@ -327,9 +328,11 @@ class MossFormerGAN(nn.Module):
         the noisy signal's factor c.  Returns (loss, parts).
         """
         if noisy.dim() != 2 or noisy.shape != clean.shape:
-            raise ValueError(f"loss expects two (B, L) tensors, got {tuple(noisy.shape)} and {tuple(clean.shape)}")
+            raise ValueError(f"loss expects two (B, L) tensors, got {tuple(noisy.shape)} and "
+                             f"{tuple(clean.shape)}")
         t = generator_pass(self, noisy, clean)
-        loss = LOSS_WEIGHTS["ri"] * t["ri"] + LOSS_WEIGHTS["mag"] * t["mag"] + LOSS_WEIGHTS["time"] * t["time"]
+        w = LOSS_WEIGHTS
+        loss = w["ri"] * t["ri"] + w["mag"] * t["mag"] + w["time"] * t["time"]
         return loss, {"loss_ri": t["ri"].detach(), "loss_mag": t["mag"].detach(),
                       "loss_time": t["time"].detach()}
 
@@ -509,8 +512,8 @@ class GANTrainStep(TrainStep):
         adv = F.mse_loss(pred, torch.ones_like(pred))
         w = LOSS_WEIGHTS
         loss_g = w["ri"] * t["ri"] + w["mag"] * t["mag"] + w["time"] * t["time"] + w["adv"] * adv
-        parts = {"loss": float(loss_g), "loss_ri": float(t["ri"]), "loss_mag": float(t["mag"]),
-                 "loss_time": float(t["time"]), "loss_adv": float(adv)}
+        parts = {k: float(v.detach()) for k, v in (("loss", loss_g), ("loss_ri", t["ri"]),
+                 ("loss_mag", t["mag"]), ("loss_time", t["time"]), ("loss_adv", adv))}
 
         if self.mode == "clearvoice":
             # reference: PESQ inside the loss, before any backward; one failure (or a
@@ -544,7 +547,7 @@ class GANTrainStep(TrainStep):
         :func:`load_release_discriminator`.  Without one the discriminator starts from scratch
         (logged as a warning).
         """
-        state = torch.load(init_checkpoint, map_location="cpu", weights_only=True)
+        state = torch_load(init_checkpoint)  # ours also hold RNG / config objects
         sd = state.get("discriminator") if isinstance(state, dict) else None
         where = str(init_checkpoint)
         if sd is None:
@@ -623,7 +626,7 @@ def load_release_discriminator(generator_checkpoint: str | Path) -> dict | None:
     path = find_release_discriminator(generator_checkpoint)
     if path is None:
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path)
     if isinstance(state, dict) and "discriminator" in state:
         state = state["discriminator"]
     if not isinstance(state, dict):
