@@ -12,3 +12,6 @@ export PYTHONPATH=$SE_ROOT${PYTHONPATH:+:$PYTHONPATH}
 export PATH=$SE_ROOT/steps:$PATH
 export PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+# idle OpenMP threads sleep instead of spinning: on a shared or oversubscribed machine spinning
+# threads made 2-thread CPU training several times slower than 1 thread
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}

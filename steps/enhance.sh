@@ -33,6 +33,9 @@ network_opt=()
 [ -n "$network" ] && network_opt=(--network "$network")
 
 mkdir -p "$out/log"
+# share the cores between the parallel jobs (oversubscribed OpenMP threads slow every job down)
+threads=$(( $(nproc) / nj )); [ "$threads" -ge 1 ] || threads=1
+export OMP_NUM_THREADS=$threads
 # shellcheck disable=SC2086
 $cmd JOB=1:"$nj" "$out/log/enhance.JOB.log" \
   python -m se.bin.enhance "${network_opt[@]}" --checkpoint "$checkpoint" --input "$data/wav.scp" \

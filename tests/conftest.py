@@ -1,8 +1,11 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# before torch starts OpenMP: idle threads sleep instead of spinning (see path.sh)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout (CI copies it there too); SE_SHARED_DIR overrides.
