@@ -164,3 +164,23 @@ def test_checkpoint_of_another_network_is_refused(tiny_frcrn, tmp_path, caplog):
                          "--input", str(tmp_path / "a.wav"), "--output-dir", str(tmp_path / "o")]) == 1
     assert "does not fit network FRCRN_SE_16K" in caplog.text and "shape mismatch" in caplog.text
     assert not (tmp_path / "o" / "a.wav").exists()
+
+
+def test_too_short_for_one_frame(tmp_path, caplog):
+    """MossFormer2 at 48 kHz: the default path pads a 500-sample file; the ClearVoice path
+    cannot frame it and says which file."""
+    from se.models import network_kwargs
+
+    conf = {"network_kwargs": {"num_blocks": 1, "width": 32, "query_key_dim": 16, "fsmn_inner": 16,
+                               "fsmn_lorder": 3, "group_size": 32}}
+    model = build_network("MossFormer2_SE_48K", conf)
+    ckpt = tmp_path / "mf2.pt"
+    torch.save({"model": model.state_dict(), "network": "MossFormer2_SE_48K", "sampling_rate": 48000,
+                "network_kwargs": network_kwargs("MossFormer2_SE_48K", conf)}, ckpt)
+    short = write(tmp_path / "short.wav", noise(500), 48000)
+    assert enhance.main(["--checkpoint", str(ckpt), "--input", str(short), "--output-dir", str(tmp_path / "a")]) == 0
+    assert sf.info(tmp_path / "a/short.wav").frames == 500
+    assert enhance.main(["--checkpoint", str(ckpt), "--input", str(short), "--output-dir", str(tmp_path / "b"),
+                         "--clearvoice-compat"]) == 1
+    assert "short.wav" in caplog.text and "shorter than one 1920-sample window" in caplog.text
+    assert not (tmp_path / "b/short.wav").exists()

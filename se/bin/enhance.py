@@ -120,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("%s: %d Hz input resampled to %d Hz for %s; output written at %d Hz", path,
                          file_rate, rate, info["network"], file_rate)
             xin = resample(x, file_rate, rate)
-            if args.clearvoice_compat:
-                y = enhance_clearvoice(model, xin)
-            else:
-                try:
+            try:
+                if args.clearvoice_compat:
+                    y = enhance_clearvoice(model, xin)
+                else:
                     y = enhance_signal(model, xin, int(args.segment_length * rate),
                                        int(args.segment_overlap * rate), device)
-                except ValueError as exc:
-                    raise AudioError(f"{path} ({where}): {exc}") from None
+            except ValueError as exc:  # e.g. silent, or too short for one frame
+                raise AudioError(f"{path} ({where}): {exc}") from None
             y = resample(y, rate, file_rate)
             y = np.pad(y[: len(x)], (0, max(0, len(x) - len(y))))  # exactly the input's length
             clipped = write_audio(out_dir / name, y, file_rate, args.output_subtype)
