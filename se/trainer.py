@@ -340,8 +340,11 @@ class Trainer:
     def _lrs(self) -> float:
         return self.step.optimizers["model"].param_groups[0]["lr"]
 
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.train_loader.sampler._indices()) / self.conf["batch_size"])
+
     def total_updates(self) -> int:
-        per_epoch = math.ceil(len(self.train_loader.sampler._indices()) / self.conf["batch_size"] / self.accum)
+        per_epoch = math.ceil(self.batches_per_epoch() / self.accum)
         total = per_epoch * self.conf["max_epoch"]
         return min(total, self.conf["max_steps"]) if self.conf["max_steps"] else total
 
@@ -520,7 +523,7 @@ class Trainer:
         stop = self.reached_max_steps()
         while not stop and p.epoch < conf["max_epoch"]:
             self.train_one_epoch()
-            epoch_done = not self.reached_max_steps() or p.batch_in_epoch >= len(self.train_loader.sampler._indices())
+            epoch_done = not self.reached_max_steps() or p.batch_in_epoch >= self.batches_per_epoch()
             valid = self.validate()
             if self.dist.is_main:
                 log.info("validation examples: %s", " ".join(

@@ -190,3 +190,16 @@ def test_average_best_checkpoints(data, tmp_path):
     model, info = load_network(exp / "model.avg2.pt")
     assert info["format"] == "ours"
     assert average_checkpoints.main(["--exp-dir", str(tmp_path / "nothing"), "--num", "2"]) == 1
+
+
+def test_max_steps_at_an_epoch_boundary_closes_the_epoch(data, tmp_path):
+    """12 utterances / batch 2 = 6 batches: stopping at update 6 ends epoch 1, at 3 stays inside it."""
+    exp = tmp_path / "b"
+    subprocess.run(train_cmd(data, exp, "--max_steps", "6"), env=env(), check=True, capture_output=True)
+    state = final_model(exp)
+    assert (state["trainer"]["epoch"], state["trainer"]["batch_in_epoch"]) == (1, 0)
+    exp = tmp_path / "m"
+    subprocess.run(train_cmd(data, exp, "--max_steps", "3"), env=env(), check=True, capture_output=True)
+    state = final_model(exp)
+    assert (state["trainer"]["epoch"], state["trainer"]["batch_in_epoch"]) == (0, 3)
+    assert ckpt.read_pointer(exp, "last_checkpoint").name == "model.ckpt-1-3.pt"

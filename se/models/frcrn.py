@@ -40,6 +40,7 @@ Differences from the reference code that do not change any output:
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import numpy as np
@@ -669,18 +670,27 @@ def _frequency_sizes(bins: int) -> list[int]:
 class FRCRN(nn.Module):
     """FRCRN speech enhancement (ClearVoice FRCRN_SE_16K; class DCCRN in the reference).
 
+    Two complex convolutional encoder-decoders (paper §2.1, "CCED") refine a complex ratio
+    mask; every stage starts with a frequency-recurrence FSMN (paper §2.2) and the
+    bottleneck holds a time FSMN.  Defaults are the released model's sizes.
+
     Args:
-        win_len: STFT window length in samples (paper: 40 ms at 16 kHz = 640).
-        win_inc: hop size (paper: 20 ms = 320).
+        win_len: STFT window length in samples (released: 640 = 40 ms at 16 kHz).
+        win_inc: STFT hop in samples (released: 320 = 20 ms).
         fft_len: DFT size; the U-Net layer tables need fft_len // 2 + 1 = 321 bins.
         win_type: scipy window whose square root is the analysis/synthesis window;
             'hanning' (ClearVoice's name) = periodic Hann.
-        channels: complex channels of every encoder/decoder stage (reference
-            model_complexity 45 -> 128).
-        fsmn_hidden: hidden size of every FSMN's projection (paper: 128); None = channels.
-        se_reduction: SE bottleneck reduction (hidden = channels // se_reduction; 8).
-        lorder: FSMN memory length in steps (bins for the frequency FSMNs, frames at the
-            bottleneck; 20).
+        channels: complex channels of every encoder/decoder stage (released: 128, the
+            reference's model_complexity 45).
+        fsmn_hidden: hidden size of every FSMN's ReLU layer (released: 128); None = channels.
+        se_reduction: reduction of the complex squeeze-excitation MLPs on the skip paths
+            (hidden = channels // se_reduction; released: 8).
+        lorder: FSMN memory order in steps: bins for the frequency FSMNs, frames for the
+            bottleneck time FSMN (released: 20).
+
+    forward(x (B, L)) -> [est_spec (B, 2F, T), est_wav (B, L'), est_mask (B, 2F, T)] exactly
+    as the reference; :meth:`loss`, :meth:`enhance` (aligned) and :meth:`clearvoice_decode`
+    (reference decode path) implement the registry contract of se.models.
     """
 
     sampling_rate = 16000
@@ -733,8 +743,8 @@ class FRCRN(nn.Module):
     @classmethod
     def config_kwargs(cls, conf: dict) -> dict:
         """Constructor kwargs from a ClearVoice-style config plus optional ``network_kwargs``."""
-        defaults = {"win_len": 640, "win_inc": 320, "fft_len": 640, "win_type": "hanning",
-                    "channels": 128, "fsmn_hidden": None, "se_reduction": 8, "lorder": 20}
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
         kwargs = {k: conf[k] for k in cls._CONFIG_KEYS if conf.get(k) is not None}
         extra = dict(conf.get("network_kwargs") or {})
         unknown = sorted(set(extra) - set(cls._NETWORK_KWARGS))
