@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from se.audio import audio_norm
+from se.precision import float32
 
 # (kernel, stride, padding) as (frequency, time) of the 7 encoder and 7 decoder stages (spec §4.2)
 _ENCODER_KERNELS = [(5, 2)] * 6 + [(2, 2)]
@@ -110,6 +111,7 @@ class ConvSTFT(nn.Module):
         self.weight = nn.Parameter(kernel, requires_grad=False)  # (2F, 1, win_len)
         self.win_inc = win_inc
 
+    @float32
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv1d(x.unsqueeze(1), self.weight, stride=self.win_inc)  # (B, 2F, T)
 
@@ -129,6 +131,7 @@ class ConviSTFT(nn.Module):
         self.register_buffer("enframe", torch.eye(win_len)[:, None, :])  # (win_len, 1, win_len)
         self.win_inc = win_inc
 
+    @float32
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         frames = spec.shape[-1]
         y = F.conv_transpose1d(spec, self.weight, stride=self.win_inc)  # (B, 1, L')
@@ -527,6 +530,7 @@ def _fsmn_weights(fsmn_re: UniDeepFsmn, fsmn_im: UniDeepFsmn):
     return w_lin, w_proj, taps + current
 
 
+@float32  # under autocast the FSMN (sums over 20 steps of memory) stays in float32
 def _complex_fsmn(x: torch.Tensor, owner: nn.Module, layer: str) -> torch.Tensor:
     """real = fsmn_re(x_r) - fsmn_im(x_i), imag = fsmn_re(x_i) + fsmn_im(x_r), with the real
     FSMNs ``owner.fsmn_re_<layer>``, ``owner.fsmn_im_<layer>``.
@@ -828,11 +832,8 @@ class FRCRN(nn.Module):
         noisy = spec.view(batch, 2, bins2 // 2, frames)  # (B, 2, F, T): real, imag planes
         u1 = self.unet(_channels_last(noisy))  # (B, F, T, 2): 1-channel complex map
         u2 = self.unet2(u1)  # (B, F, T, 2): fed the raw first-U-Net output (spec §2 step 4)
-        mask = (torch.tanh(u2) + torch.tanh(u1)).permute(0, 3, 1, 2)  # (B, 2, F, T), in (-2, 2)
-        s_r, s_i, m_r, m_i = noisy[:, 0], noisy[:, 1], mask[:, 0], mask[:, 1]  # (B, F, T)
-        est_spec = torch.cat([s_r * m_r - s_i * m_i, s_r * m_i + s_i * m_r], 1)  # (B, 2F, T)
-        est_wav = self.istft(est_spec)  # (B, L')
-        return [est_spec, est_wav, mask.reshape(batch, bins2, frames)]
+        est_spec, mask = _apply_mask(noisy, u1, u2)  # (B, 2F, T) each
+        return [est_spec, self.istft(est_spec), mask]  # est_wav: (B, L')
 
     # -- training loss (spec §6) ------------------------------------------------------------
     def loss(self, noisy: torch.Tensor, clean: torch.Tensor):
@@ -849,6 +850,7 @@ class FRCRN(nn.Module):
         cmask = self._cmask_loss(noisy, clean, est_mask)
         return cmask - si_snr, {"cmask": cmask.detach(), "si_snr": si_snr.detach()}
 
+    @float32
     def _cmask_loss(self, noisy, clean, est_mask):
         window = torch.hann_window(self.win_len, periodic=False, dtype=noisy.dtype, device=noisy.device)
         kw = dict(n_fft=self.fft_len, hop_length=self.win_inc, win_length=self.win_len,
@@ -948,6 +950,21 @@ class FRCRN(nn.Module):
             return out
 
 
+@float32
+def _apply_mask(noisy: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor):
+    """Complex mask tanh(U2) + tanh(U1) (each part in (-2, 2)) times the noisy spectrum.
+
+    noisy: (B, 2, F, T) real/imag planes; u1, u2: (B, F, T, 2) U-Net outputs.
+    Returns (est_spec, mask), both (B, 2F, T) as [real rows ; imag rows].
+    """
+    batch, _, bins, frames = noisy.shape
+    mask = (torch.tanh(u2) + torch.tanh(u1)).permute(0, 3, 1, 2)  # (B, 2, F, T)
+    s_r, s_i, m_r, m_i = noisy[:, 0], noisy[:, 1], mask[:, 0], mask[:, 1]  # (B, F, T)
+    est_spec = torch.cat([s_r * m_r - s_i * m_i, s_r * m_i + s_i * m_r], 1)  # (B, 2F, T)
+    return est_spec, mask.reshape(batch, 2 * bins, frames)
+
+
+@float32
 def _si_snr(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """SI-SNR in dB per batch item (spec §6). est, ref: (B, L) -> (B,)."""
     est = est - est.mean(-1, keepdim=True)
