@@ -8,8 +8,10 @@ Cases (each runs in its own subprocess so that its peak RSS is its own):
   enhance    enhance() of the same file (our aligned path)
 With --baseline every case also runs through `literal_forward`, a direct transcription of
 the spec's reference layout ((..., 2) real/imag planes, four real convolutions per complex
-convolution, per-plane FSMNs), so that the speed-up can be measured on a busy machine where
-absolute numbers drift.  Run time does not depend on the weight values (random init).
+convolution, per-plane FSMNs; it reproduces the parity references bit for bit in float32,
+and tests/test_frcrn.py checks our gradients against it), so that the speed-up can be
+measured on a busy machine where absolute numbers drift (enhance has no literal
+counterpart).  Run time does not depend on the weight values (random init).
 
 --tune-malloc runs the cases with glibc's malloc keeping freed memory (MALLOC_MMAP_MAX_=0,
 MALLOC_TRIM_THRESHOLD_=64 GiB): large tensors then stop costing fresh page faults on every
