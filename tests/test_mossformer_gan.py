@@ -151,7 +151,8 @@ def test_spectrum_matches_reference_input(release_generator, ref):
 
 # ---------------------------------------------------------------------------------- attention
 @pytest.mark.parametrize("zero_diag", [False, True])
-def test_blocked_relu_square_attention_equals_full(zero_diag):
+@pytest.mark.parametrize("block_elements", [64, 37 * 10, 37 * 37 * 2, None])
+def test_blocked_relu_square_attention_equals_full(zero_diag, block_elements):
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(3, 37, 8, generator=g, dtype=torch.float64) for _ in range(2))
     v = torch.randn(3, 37, 5, generator=g, dtype=torch.float64)
@@ -164,7 +165,9 @@ def test_blocked_relu_square_attention_equals_full(zero_diag):
 
     want = full(q, k, v)
     with torch.no_grad():
-        _close(relu_square_attention(q, k, v, 1 / 37, zero_diag, block_elements=64).numpy(), want.numpy(), 1e-12)
+        # inference blocks: 1 query, 10 queries (partial last block), 2 whole rows, the default
+        got = relu_square_attention(q, k, v, 1 / 37, zero_diag, block_elements=block_elements)
+        _close(got.numpy(), want.numpy(), 1e-12)
     # autograd path: query blocks under checkpointing give the same values and gradients
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out = relu_square_attention(*leaves, 1 / 37, zero_diag, block_elements=3 * 37 * 16)
@@ -174,6 +177,28 @@ def test_blocked_relu_square_attention_equals_full(zero_diag):
     _close(out.detach().numpy(), want.numpy(), 1e-12)
     for a, b in zip(grads, grads2):
         _close(a.numpy(), b.numpy(), 1e-12)
+
+
+@pytest.mark.parametrize("zero_diag", [False, True])
+@pytest.mark.parametrize("block_elements", [200 * 70, None])
+def test_float32_long_sequence_attention_matches_float64(zero_diag, block_elements):
+    # float32 on the CPU with >= ONEDNN_MIN_KEYS keys takes the row-wise oneDNN products
+    # (queries in blocks of 70: a partial last block and diagonal offsets), else MKL's bmm
+    from se.models.mossformer_gan_blocks import ONEDNN_MIN_KEYS
+
+    n = ONEDNN_MIN_KEYS + 40
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(3, n, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(3, n, 24, generator=g, dtype=torch.float64)
+    s = q @ k.transpose(1, 2) / n
+    if zero_diag:
+        s = s * (1 - torch.eye(n, dtype=s.dtype))
+    want = (torch.relu(s) ** 2 @ v).numpy()
+    with torch.no_grad():
+        got = relu_square_attention(q.float(), k.float(), v.float(), 1 / n, zero_diag,
+                                    block_elements=block_elements)
+    assert got.dtype == torch.float32
+    _close(got.double().numpy(), want, 2e-6)
 
 
 def test_fast_dropout_has_the_dropout_distribution():

@@ -25,6 +25,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
+from se.allocator import retain_freed_memory
 from se.audio import AudioError, audio_info, write_audio
 from se.checkpoint import CheckpointError, load_network
 from se.data import DataDirError, read_scp
@@ -97,6 +98,7 @@ def pick_device(name: str) -> torch.device:
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    retain_freed_memory()  # large per-file tensors: reuse freed memory (se/allocator.py)
     try:
         if args.num_jobs < 1 or not 1 <= args.job <= args.num_jobs:
             raise ValueError(f"--job must be in 1..--num-jobs, got {args.job} of {args.num_jobs}")

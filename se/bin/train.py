@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from se import config as config_lib
+from se.allocator import retain_freed_memory
 from se.checkpoint import CheckpointError
 from se.data import DataDirError, make_data_dir, read_clearvoice_list
 from se.audio import AudioError
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = get_parser().parse_known_args(argv)
     from se.trainer import Trainer, resolve_config, setup_distributed, setup_logging
 
+    retain_freed_memory()  # CPU training: reuse freed tensor memory (se/allocator.py)
     dist = setup_distributed()
     setup_logging(dist)
     try:

@@ -35,6 +35,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
+from se.allocator import release_free_memory
 from se.audio import audio_norm
 from se.checkpoint import torch_load
 from se.models.metric_discriminator import MetricDiscriminator, _check_keys
@@ -73,6 +74,19 @@ def power_uncompress(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
     mag = z.abs().pow(1.0 / COMPRESS)
     phase = z.angle()
     return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+
+
+def _run_block(block: nn.Module, h: torch.Tensor, trim: bool) -> torch.Tensor:
+    """One checkpointed SyncANet block (also its recomputation in backward).
+
+    ``trim``: CPU training hands the block's freed temporaries back to the OS afterwards.
+    glibc otherwise kept them resident as fragmented heap: the peak RSS of a 2 s training
+    step was ~8 GB while the tensors alive at any time stayed < 1.5 GB.
+    """
+    out = block(h)
+    if trim:
+        release_free_memory()
+    return out
 
 
 class MossFormerGAN(nn.Module):
@@ -185,9 +199,10 @@ class MossFormerGAN(nn.Module):
         h = torch.cat((mag, x), dim=1)  # (B, 3, T, F)
         h = self.dense_encoder(h)  # (B, C, T, Q)
         use_ckpt = self.checkpoint_blocks and torch.is_grad_enabled() and self.training
+        trim = use_ckpt and h.device.type == "cpu"
         for block in self.blocks:
             if use_ckpt:
-                h = checkpoint(block, h, use_reentrant=False)
+                h = checkpoint(_run_block, block, h, trim, use_reentrant=False)
             else:
                 h = block(h)  # (B, C, T, Q)
         mask = self.mask_decoder(h)  # (B, 1, T, F)

@@ -18,6 +18,8 @@ Efficiency (same outputs as the reference up to float rounding):
 * the relu(q k^T / n)^2 attentions are computed over blocks of queries
   (:func:`relu_square_attention`); with autograd each block runs under
   ``torch.utils.checkpoint`` so the n x n maps are never all kept for backward;
+* without autograd, long float32 CPU sequences use oneDNN's AVX-512 matrix products (MKL's,
+  torch's default, were half as fast on the AMD CPUs we measured);
 * v and u share one attention pass (``to_hidden`` already returns [v | u]);
 * the quadratic, cross and linear attention outputs are accumulated into one buffer.
 """
@@ -31,9 +33,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-# Elements of one attention-score block (queries x keys x rows); bounds the transient memory of
-# the relu^2 attention and keeps the block in the CPU caches.
+from se.models.mossformer2_blocks import mm_nt, use_onednn
+
+# Elements of one attention-score block (rows x queries x keys).  With autograd (training) it
+# bounds what one checkpointed block recomputes and keeps; without (inference) the block is
+# squared in place and multiplied into the output at once, and fewer, larger products ran
+# faster: with MKL's bmm, 16 MB blocks (whole rows of a 10 s input's 1601 x 1601 maps) took
+# 0.99 s where 256-query blocks took 1.37 s per MossFormer attention on 2 CPU threads; the
+# block still fits the last-level cache.
 ATTENTION_BLOCK_ELEMENTS = 1 << 19
+INFERENCE_BLOCK_ELEMENTS = 1 << 22
+# Without autograd, sequences of at least this many keys take oneDNN's matrix products one row
+# at a time (AVX-512 here, about 2x MKL's batched products: 0.47 s vs 0.94 s for 101 rows of
+# 1601 x 1601, 2 threads); shorter ones are faster as MKL batches (101 keys: 0.08 s vs 0.12 s).
+ONEDNN_MIN_KEYS = 160
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +214,7 @@ def relu_square_attention(
     dropout: float = 0.0,
     training: bool = False,
     out: torch.Tensor | None = None,
-    block_elements: int = ATTENTION_BLOCK_ELEMENTS,
+    block_elements: int | None = None,
     checkpoint_blocks: bool = True,
 ) -> torch.Tensor:
     """MossFormer's quadratic attention relu(q k^T * scale)^2 v, computed in blocks.
@@ -209,19 +222,21 @@ def relu_square_attention(
     q, k: (N, n, d); v: (N, n, e).  Returns (N, n, e); when ``out`` is given the result is
     added to it (in place when no gradient is needed).
 
-    Without autograd the scores are computed for blocks of (rows x up to 256 queries) of
-    about ``block_elements`` elements, squared in place and multiplied into ``out`` at once
-    (the block stays in the CPU caches; no n x n map is ever materialised).  With autograd
-    every block of queries runs under ``torch.utils.checkpoint`` (RNG state preserved, so
-    dropout masks are replayed): only q, k, v are kept for backward, not the (N, n, n) maps
-    (``checkpoint_blocks=False``: one block, maps kept, e.g. when the caller is itself
-    recomputed by a checkpoint).
+    Without autograd the scores are computed for blocks of (rows x queries) of about
+    ``block_elements`` elements (default INFERENCE_BLOCK_ELEMENTS), squared in place and
+    accumulated into ``out`` (no full map of all rows is materialised); float32 CPU sequences
+    of at least ONEDNN_MIN_KEYS keys go row by row through oneDNN, others through bmm.  With
+    autograd every block of queries (default ATTENTION_BLOCK_ELEMENTS over all rows) runs under
+    ``torch.utils.checkpoint`` (RNG state preserved, so dropout masks are replayed): only q, k, v
+    are kept for backward, not the (N, n, n) maps (``checkpoint_blocks=False``: one block, maps
+    kept, e.g. when the caller is itself recomputed by a checkpoint).
     """
     N, n, _ = q.shape
     nk = k.shape[1]
     q = q * scale
     need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if need_grad:
+        block_elements = block_elements or ATTENTION_BLOCK_ELEMENTS
         m = max(16, min(n, block_elements // max(1, N * nk))) if checkpoint_blocks else n
         if m >= n:  # one block: nothing to save by checkpointing
             res = _relu_square_block(q, k, v, 0, zero_diag, dropout, training)
@@ -236,16 +251,33 @@ def relu_square_attention(
         return res if out is None else out + res
     if out is None:
         out = q.new_zeros(N, n, v.shape[-1])
-    m = min(n, 256)
-    rows = max(1, min(N, block_elements // (m * nk)))
+    block_elements = block_elements or INFERENCE_BLOCK_ELEMENTS
+    m = max(1, min(n, block_elements // nk))  # queries per block
     drop = training and dropout > 0
+    if nk >= ONEDNN_MIN_KEYS and use_onednn(q, k, v):
+        # rows must be dense (nk, d) / (nk, e) matrices: strided ones (the cross layout) made
+        # oneDNN reorder on every call, orders of magnitude slower (one copy of the whole
+        # tensors was faster than per-row copies)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        for r in range(N):
+            kr, vt = k[r], v[r].t()
+            for s in range(0, n, m):
+                a = mm_nt(q[r, s:s + m], kr)  # (m, nk)
+                if zero_diag:
+                    a.diagonal(offset=s).zero_()
+                a = a.relu_().square_()
+                if drop:
+                    a = fast_dropout(a, dropout, True)
+                out[r, s:s + m] += mm_nt(a, vt)
+        return out
+    rows = max(1, min(N, block_elements // (m * nk)))
     for r in range(0, N, rows):
         kr, vr = k[r:r + rows], v[r:r + rows]
         for s in range(0, n, m):
             a = _relu_square_scores(q[r:r + rows, s:s + m], kr, s, zero_diag, inplace=True)
             if drop:
                 a = fast_dropout(a, dropout, True)
-            out[r:r + rows, s:s + m] += torch.bmm(a, vr)
+            out[r:r + rows, s:s + m].baddbmm_(a, vr)
     return out
 
 

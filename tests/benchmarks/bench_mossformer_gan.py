@@ -18,7 +18,9 @@ the speed-up and memory saving can be measured on the same (possibly busy) machi
 of both are identical up to float rounding.  Run time does not depend on the weight values.
 
 Each JSON line has the median wall time, every run's wall and process CPU time, the peak RSS
-of the case process (PESQ workers excluded), the thread count and the 1-minute load average.
+of the case process (PESQ workers excluded), the thread count, the malloc mode and the 1-minute
+load average.  ``--malloc retain`` (default) tunes glibc malloc as se.bin.enhance / se.bin.train
+do (se/allocator.py); ``--malloc default`` leaves it as the reference code runs.
 
 e.g.: PYTHONPATH=. tools/venv/bin/python tests/benchmarks/bench_mossformer_gan.py --runs 3 --baseline
 """
@@ -38,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from se import allocator
+from se.allocator import retain_freed_memory
 from se.models import mossformer_gan_blocks as blocks
 from se.models.mossformer_gan import GANTrainStep, MossFormerGAN
 
@@ -188,6 +192,7 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "malloc": "retain" if allocator.retaining() else "default",
         "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "device": str(device),
         "network_kwargs": kwargs or {},
@@ -211,12 +216,17 @@ def main() -> None:
                     help="OMP_WAIT_POLICY of the case processes ('' = leave unset). PASSIVE keeps "
                          "idle OpenMP threads from spinning, which on a shared, busy machine made "
                          "2-thread runs several times slower")
+    ap.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                    help="retain: se.allocator.retain_freed_memory() as the command-line tools do; "
+                         "default: glibc's own behaviour (mmap/unmap of every large tensor)")
     ap.add_argument("--network-kwargs", default="{}", help='JSON, e.g. \'{"checkpoint_blocks": false}\'')
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     ap.add_argument("--literal", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
+        if args.malloc == "retain":
+            retain_freed_memory()
         print(json.dumps(run_case(args.one, args.runs, args.literal, args.pesq_workers, args.device,
                                   args.train_seconds, args.audio_seconds,
                                   json.loads(args.network_kwargs))), flush=True)
@@ -230,7 +240,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", case, "--runs", str(args.runs),
                    "--threads", str(args.threads), "--pesq-workers", str(args.pesq_workers),
                    "--device", args.device, "--train-seconds", str(args.train_seconds),
-                   "--audio-seconds", str(args.audio_seconds), "--network-kwargs", args.network_kwargs]
+                   "--audio-seconds", str(args.audio_seconds), "--network-kwargs", args.network_kwargs,
+                   "--malloc", args.malloc]
             if literal:
                 cmd.append("--literal")
             env = dict(os.environ)
