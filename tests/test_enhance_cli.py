@@ -22,24 +22,24 @@ RELEASES = {
 }
 
 
-def release_checkpoint(network, compat_dir, parity_fill_module, path, prefix=False):
+def release_checkpoint(network, clearvoice_data, release_fill, path, prefix=False):
     model = build_network(network, {})
     ours = model.state_dict()
-    manifest = load_manifest(compat_dir, RELEASES[network])
+    manifest = load_manifest(clearvoice_data, RELEASES[network])
     constants = {}
     for e in manifest["entries"]:
-        if parity_fill_module.keeps_constructed_value(e["key"]):
+        if release_fill.keeps_constructed_value(e["key"]):
             # aliased constants (a rotary table shared by every layer) come from the first key
             src = e["key"] if e["key"] in ours else e.get("alias_of")
             constants[e["key"]] = ours[src]
-    sd = release_state_dict(manifest, constants, parity_fill_module)
+    sd = release_state_dict(manifest, constants, release_fill)
     return write_release_checkpoint(path, sd, module_prefix=prefix)
 
 
 @pytest.mark.parametrize("network", ["FRCRN_SE_16K", "MossFormer2_SE_48K", "MossFormerGAN_SE_16K"])
-def test_release_checkpoint_compat_decode_reproduces_reference(network, compat_dir, parity_fill_module, tmp_path):
-    ckpt = release_checkpoint(network, compat_dir, parity_fill_module, tmp_path / "release.pt", prefix=True)
-    ref = np.load(compat_dir / f"{network}.parity.npz")
+def test_release_checkpoint_compat_decode_reproduces_reference(network, clearvoice_data, release_fill, tmp_path):
+    ckpt = release_checkpoint(network, clearvoice_data, release_fill, tmp_path / "release.pt", prefix=True)
+    ref = np.load(clearvoice_data / f"{network}.parity.npz")
     rate = 48000 if network.endswith("48K") else 16000
     wav = tmp_path / "in" / "parity_input.wav"
     wav.parent.mkdir()

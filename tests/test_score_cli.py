@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, SCORING_REFS
+from helpers import REPO, SCORING_DATA
 from scipy.signal import resample_poly
 
 from se.bin import make_results
@@ -24,7 +24,7 @@ UTTS = ("utt_a", "utt_b", "utt_c", "utt_d")
 
 
 def _speech() -> np.ndarray:
-    x, fs = sf.read(SCORING_REFS / "speech.wav", dtype="float64")
+    x, fs = sf.read(SCORING_DATA / "speech.wav", dtype="float64")
     assert fs == FS
     return x
 

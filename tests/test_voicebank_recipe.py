@@ -330,7 +330,7 @@ def test_missing_valid_speaker(corpus, tmp_path, caplog):
 
 # ---------------------------------------------------------------------------- configs
 
-REFERENCE = {  # ClearVoice's training hyperparameters (the issue / shared/clearvoice_compat)
+REFERENCE = {  # ClearVoice's training hyperparameters (config/train/*.yaml of ClearerVoice-Studio)
     "FRCRN_SE_16K": dict(
         optimizer="adam", init_learning_rate=1e-3, finetune_learning_rate=1e-4, weight_decay=1e-5,
         batch_size=4, accu_grad=1, effec_batch_size=12, max_length=1.0, clip_grad_norm=10.0,
