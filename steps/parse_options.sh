@@ -11,11 +11,13 @@
 #   . steps/parse_options.sh
 #
 # --foo-bar VALUE and --foo-bar=VALUE set foo_bar; an option whose default is true or false takes
-# only true or false. Options come before the positional arguments; "--" ends them. --help (-h)
+# only true or false, one whose default is an integer (e.g. stage=0) only an integer, one whose
+# default is another number (e.g. alpha=0.5) only a number. Options come before the positional arguments; "--" ends them. --help (-h)
 # prints help_message and the options with their defaults and comments, then exits 0.
 # --config FILE reads name=value lines of declared options before the command line is applied
 # (the command line wins), unless the script declares its own `config` option.
-# An unknown option, a missing value or a bad boolean prints a message and exits 1.
+# An unknown option, a missing value or a value of the wrong kind prints a message naming the
+# option and exits 1.
 # The options are the `name=...` lines (lower-case names) of the calling script above the line
 # that sources this file.
 
