@@ -101,21 +101,23 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def _creatable_dir(path: Path, option: str) -> None:
-    """Raises UserError unless ``path`` is a writable directory or can be made one."""
+def _creatable_dir(path: Path, option: str, shown: Path | None = None) -> None:
+    """Raises UserError unless ``path`` is a writable directory or can be made one (messages
+    name ``shown``, the path the user gave)."""
+    shown = path if shown is None else shown
     probe = path
     while not probe.exists():
         if probe.is_symlink():  # a dangling link
-            raise UserError(f"{option} {path}: {probe} is a broken symbolic link")
+            raise UserError(f"{option} {shown}: {probe} is a broken symbolic link")
         parent = probe.parent
         if parent == probe:
             break
         probe = parent
     if not probe.is_dir():
-        raise UserError(f"{option} {path}: cannot create it, {probe} is a file, not a directory")
+        raise UserError(f"{option} {shown}: cannot create it, {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
-        what = "is not writable" if probe == path else f"cannot be created ({probe} is not writable)"
-        raise UserError(f"{option} {path}: {what}; choose another location")
+        what = "is not writable" if probe == shown else f"cannot be created ({probe} is not writable)"
+        raise UserError(f"{option} {shown}: {what}; choose another location")
 
 
 def check_output_dir(path: str | os.PathLike, option: str, outputs: list[str] | None = None,
@@ -139,7 +141,7 @@ def check_output_file(path: str | os.PathLike, option: str, inputs: list[str | o
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} {path}: is a directory, expected a file name")
-    _creatable_dir(path.parent, option)
+    _creatable_dir(path.parent, option, shown=path)
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{option} {path}: exists and is not writable")
     for src in inputs or []:

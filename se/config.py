@@ -167,7 +167,10 @@ def load(path: str | Path | None, overrides: dict | None = None) -> dict:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            mark = getattr(exc, "problem_mark", None)
+            at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}{at}: not valid YAML ({what})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value lines")
         update(conf, data, str(path))

@@ -81,15 +81,16 @@ def list_inputs(spec: str) -> list[tuple[str, str, str]]:
 def check_inputs(items: list[tuple[str, str, str]]) -> None:
     """Fails before any output is written: missing, empty, unreadable or multi-channel files."""
     for _, p, where in items:
+        ctx = f"{p} ({where})" if where != p else p
         try:
             info = audio_info(p)
         except AudioError as exc:
             raise AudioError(f"{exc} ({where})" if where != p else str(exc)) from None
         if info.channels != 1:
-            raise AudioError(f"{p} ({where}): {info.channels} channels; enhancement takes mono files "
+            raise AudioError(f"{ctx}: {info.channels} channels; enhancement takes mono files "
                              "(pick a channel first, e.g. sox in.wav out.wav remix 1)")
         if info.frames == 0:
-            raise AudioError(f"{p} ({where}): no samples")
+            raise AudioError(f"{ctx}: no samples")
 
 
 def _main(argv: list[str]) -> int:
@@ -139,7 +140,7 @@ def _main(argv: list[str]) -> int:
                     y = enhance_signal(model, xin, int(args.segment_length * rate),
                                        int(args.segment_overlap * rate), device)
             except ValueError as exc:  # e.g. too short for one frame
-                raise AudioError(f"{path} ({where}): {exc}") from None
+                raise AudioError(f"{path}{'' if where == path else f' ({where})'}: {exc}") from None
             if not np.isfinite(y).all():
                 raise AudioError(
                     f"{path}{'' if where == path else f' ({where})'}: the network's output is not finite "
