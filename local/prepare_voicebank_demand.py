@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import shutil
 import sys
 import time
 import zipfile
@@ -39,7 +40,7 @@ from se import cli  # noqa: E402
 from se.audio import audio_info, read_audio, write_audio  # noqa: E402
 from se.resample import resample  # noqa: E402
 
-# se.data (and torch with it) is imported for `prepare` only: verifying and unpacking stay quick.
+# se.data (and torch with it) is imported for `prepare` and `unpack` only: verifying stays quick.
 
 log = logging.getLogger("prepare_voicebank_demand")
 
@@ -131,15 +132,13 @@ def unpack(archive: Path, root: Path, expected: int) -> Path:
     out = root / folder
     out.mkdir(parents=True, exist_ok=True)
     log.info("%s: %d wav files, integrity OK; extracting into %s", archive, len(wavs), out)
+    from se.checkpoint import atomic_write  # the one atomic writer (temp file + rename, 0644)
+
     with zipfile.ZipFile(archive) as z:
         for m in wavs:
             # flatten whatever folder the archive uses; the utterance id is the file name
-            target = out / PurePosixPath(m.filename).name
-            tmp = target.with_name(f".{target.name}.tmp")
-            with z.open(m) as src, open(tmp, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            tmp.replace(target)
+            with z.open(m) as src:
+                atomic_write(out / PurePosixPath(m.filename).name, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
     return out
 
 

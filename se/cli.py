@@ -18,6 +18,7 @@ argparse types :func:`positive_int`, :func:`nonneg_float`, ... .
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -34,12 +35,15 @@ def message(exc: BaseException) -> str:
     if "Original Traceback (most recent call last)" in msg:
         last = msg.strip().splitlines()[-1]
         msg = last.split(": ", 1)[1] if ": " in last else last
-    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in msg:
+    if isinstance(exc, OSError) and exc.filename is not None:
         msg = f"{exc.filename}: {exc.strerror or msg}"
-    elif isinstance(exc, OSError) and exc.filename is not None:
-        msg = f"{exc.filename}: {exc.strerror}" if exc.strerror else msg
+    elif isinstance(exc, OSError) and exc.strerror:
+        msg = f"{exc.strerror} (errno {exc.errno}); free space or choose another location"
     # one line; a message that lists several problems keeps one line per problem
     return "\n".join(" ".join(line.split()) for line in msg.strip().splitlines() if line.strip())
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def run(main, argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -58,7 +62,8 @@ def run(main, argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"{prog}: error: {message(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
-        if debug or exc.filename is None:
+        # a path the user named, or a full / read-only disk: the user can act on it
+        if debug or (exc.filename is None and exc.errno not in _DISK_ERRNOS):
             raise
         print(f"{prog}: error: {message(exc)}", file=sys.stderr)
         return 1

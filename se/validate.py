@@ -333,6 +333,7 @@ def check_data_dir(path: str | Path, sampling_rate: int | None = None, limits: L
     paired = (path / "spk1.scp").is_file()
     report = Report(path, "paired" if paired else "source")
     if not path.is_dir():
+        report.kind = "missing"
         report.error(f"{path}: data directory not found (run the data preparation stage)")
         return report
     wav = _scp(path / "wav.scp", report)

@@ -653,3 +653,33 @@ def test_debug_shows_the_traceback(ckpt_dir, tmp_path):
     assert run_inprocess("se.bin.enhance", argv).rc == 1
     res = run_inprocess("se.bin.enhance", [*argv, "--debug"])
     assert res.rc == "exception" and "CheckpointError: " in res.text and "none.pt: checkpoint not found" in res.text
+
+
+def test_cli_maps_user_errors_to_one_line(capsys):
+    import errno
+
+    from se import cli
+    from se.audio import AudioError
+
+    def worker_error(argv):  # what a DataLoader re-raises: the worker's traceback inside the message
+        raise AudioError("Caught AudioError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                         "last):\n  File \"x.py\", line 1, in f\nse.audio.AudioError: /d/a.wav (wav.scp line 7): "
+                         "3 non-finite (NaN) samples")
+
+    def disk_full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def missing(argv):
+        open("/nonexistent-dir/x.txt", "w")
+
+    def bug(argv):
+        raise KeyError("internal")
+
+    assert cli.run(worker_error, [], prog="t") == 1
+    assert capsys.readouterr().err == "t: error: /d/a.wav (wav.scp line 7): 3 non-finite (NaN) samples\n"
+    assert cli.run(disk_full, [], prog="t") == 1
+    assert "t: error: No space left on device (errno 28)" in capsys.readouterr().err
+    assert cli.run(missing, [], prog="t") == 1
+    assert capsys.readouterr().err == "t: error: /nonexistent-dir/x.txt: No such file or directory\n"
+    with pytest.raises(KeyError):  # a true internal error keeps its traceback
+        cli.run(bug, [], prog="t")

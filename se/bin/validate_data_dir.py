@@ -59,7 +59,7 @@ e.g.: python -m se.bin.validate_data_dir data/16k/train data/16k/valid --fs 1600
     p.add_argument("--min-correlation", type=cli.fraction, default=d.min_correlation)
     p.add_argument("--clean-snr-db", type=float, default=d.clean_snr_db, metavar="DB")
     p.add_argument("--bandwidth-floor-db", type=cli.positive_float, default=d.bandwidth_floor_db, metavar="DB")
-    p.add_argument("--headers-only", action="store_true", help="check the lists only, open no audio (fast)")
+    p.add_argument("--lists-only", action="store_true", help="check the lists only, open no audio (fast)")
     return p
 
 
@@ -72,7 +72,7 @@ def _main(argv: list[str]) -> int:
                     clean_snr_db=args.clean_snr_db, bandwidth_floor_db=args.bandwidth_floor_db)
     failed = 0
     for d in args.data_dir:
-        report = check_data_dir(d, args.fs, limits, nj=args.nj, check_audio=not args.headers_only, progress=True)
+        report = check_data_dir(d, args.fs, limits, nj=args.nj, check_audio=not args.lists_only, progress=True)
         for problem in report.problems:
             print(f"{log_prefix}: {problem}", file=sys.stderr)
         hours = report.samples / (report.rate or 1) / 3600
