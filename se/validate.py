@@ -6,7 +6,8 @@ Two kinds of data dir are checked:
   validation and test sets;
 * source (no ``spk1.scp``: ``wav.scp``, ``utt2num_samples``, ``fs``, optional ``utt2spk``): one
   signal per id, the speech / noise / RIR sources of on-the-fly simulation. A source dir with
-  ``utt2spk`` holds speech and gets the clean-speech checks.
+  ``utt2spk`` holds speech and gets the clean-speech checks; multi-channel files (RIRs) are
+  accepted and their channel 0 is checked.
 
 Each file is streamed in blocks (memory does not grow with the file or the corpus), in
 ``nj`` processes. Errors make the data unusable; warnings describe data that trains but may
@@ -176,8 +177,9 @@ class _FileScan:
         return high - low
 
 
-def _open(path: str, where: str, rate: int | None, report: list[Problem]):
-    """Opens a file for block reading, or records why it cannot be (returns None)."""
+def _open(path: str, where: str, rate: int | None, report: list[Problem], mono: bool = True):
+    """Opens a file for block reading, or records why it cannot be (returns None).
+    ``mono=False``: multi-channel files are accepted (source dirs: channel 0 is used)."""
     import soundfile as sf
 
     from se.audio import AudioError, audio_info
@@ -188,7 +190,7 @@ def _open(path: str, where: str, rate: int | None, report: list[Problem]):
         report.append(Problem("error", f"{exc} ({where})"))
         return None
     ok = True
-    if info.channels != 1:
+    if mono and info.channels != 1:
         report.append(Problem("error", f"{path} ({where}): {info.channels} channels, expected mono"))
         ok = False
     if rate and info.samplerate != rate:
@@ -235,7 +237,8 @@ def check_item(task: tuple) -> tuple[str, list[Problem], list[Stats | None]]:
     """Worker: one utterance (one or two files, read together block by block)."""
     utt, files, rate, num_samples, lengths_where, limits, roles = task
     problems: list[Problem] = []
-    handles = [_open(p, where, rate, problems) for p, where in files]
+    # source dirs may hold multi-channel files (RIRs): channel 0 is what simulation uses
+    handles = [_open(p, where, rate, problems, mono=role != "source") for (p, where), role in zip(files, roles)]
     stats: list[Stats | None] = [None] * len(files)
     if not all(h is not None for h in handles):
         for h in handles:
@@ -247,7 +250,7 @@ def check_item(task: tuple) -> tuple[str, list[Problem], list[Stats | None]]:
         cross = np.zeros(5)  # sum n, sum c, sum n^2, sum c^2, sum n*c over the common length
         common = 0
         while True:
-            blocks = [h.read(BLOCK, dtype="float64", always_2d=False) for h in handles]
+            blocks = [h.read(BLOCK, dtype="float64", always_2d=True)[:, 0] for h in handles]
             if all(len(b) == 0 for b in blocks):
                 break
             blocks = [s.add(b) for s, b in zip(scans, blocks)]

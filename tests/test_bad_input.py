@@ -230,7 +230,7 @@ def test_enhance_spaces_in_paths_work(ckpt_dir, tmp_path):
     assert sf.info(str(tmp_path / "my out" / "utt1.wav")).frames == 8000
 
 
-@pytest.mark.parametrize("case", ["dup_ids", "malformed_scp", "out_uncreatable", "out_is_input",
+@pytest.mark.parametrize("case", ["dup_ids", "same_output_name", "malformed_scp", "out_uncreatable", "out_is_input",
                                   "wrong_network", "truncated_ckpt", "missing_ckpt", "cuda", "segment_length", "overlap",
                                   "num_jobs", "nan_model"])
 def test_enhance_bad_option(case, ckpt_dir, tmp_path):
@@ -242,6 +242,9 @@ def test_enhance_bad_option(case, ckpt_dir, tmp_path):
     if case == "dup_ids":
         scp.write_text(f"a {a}\na {a}\n")
         inp, names = scp, ["w.scp line 2", "a"]
+    elif case == "same_output_name":
+        wav(tmp_path / "in" / "a.flac", speech(0.5), subtype="PCM_16")
+        names = ["a.flac", "a.wav"]
     elif case == "malformed_scp":
         scp.write_text(f"a {a}\nonlyone\n")
         inp, names = scp, ["w.scp line 2"]

@@ -166,3 +166,22 @@ def test_files_get_normal_permissions(tmp_path):
     assert len(files) == 7
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+
+def test_source_dirs(tmp_path):
+    rng = np.random.default_rng(3)
+    rir = np.zeros((4000, 2))
+    rir[10, :] = 0.9
+    rir[10:, :] += 0.05 * rng.standard_normal((3990, 2)) * np.exp(-np.arange(3990) / 800)[:, None]
+    files = {"rir1": wav(tmp_path / "rir1.wav", rir), "rir2": wav(tmp_path / "rir2.wav", rir[:, 0] * 0.5)}
+    d = source_dir(tmp_path / "rirs", files, FS)
+    report = validate.check_data_dir(d, FS)
+    assert report.kind == "source" and report.errors == [] and report.utterances == 2
+    # a speech source (utt2spk) must be mono; ids of utt2spk must be in wav.scp; fs is required
+    (d / "utt2spk").write_text("rir1 a\nrir3 b\n")
+    (d / "fs").unlink()
+    msgs = [p.message for p in validate.check_data_dir(d, FS).errors]
+    assert any("fs: not found" in m for m in msgs)
+    assert any("utt2spk line 2: utterance rir3 is not in" in m for m in msgs)
+    assert any("rir1.wav" in m and "2 channels, expected mono" in m for m in msgs)
+    assert len(msgs) == 3, msgs

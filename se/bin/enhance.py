@@ -67,6 +67,11 @@ def list_inputs(spec: str) -> list[tuple[str, str, str]]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_EXTS)
         if not files:
             raise AudioError(f"{path}: no {'/'.join(AUDIO_EXTS)} files in this directory")
+        seen: dict[str, Path] = {}
+        for p in files:
+            if p.stem in seen:
+                raise AudioError(f"{p} and {seen[p.stem]} would both be written as {p.stem}.wav; rename one")
+            seen[p.stem] = p
         return [(p.stem + ".wav", str(p), str(p)) for p in files]
     if not path.exists():
         raise AudioError(f"{path}: input not found")
