@@ -563,21 +563,15 @@ def test_make_results_bad_input(case, tmp_path):
 # --------------------------------------------------------------------------- real entry points
 
 
-@pytest.mark.parametrize("case", ["enhance_nan", "train_nested_type"])
-def test_real_entry_point_same_behaviour(case, ckpt_dir, train_data, tmp_path):
+def test_real_entry_point_same_behaviour(ckpt_dir, tmp_path):
+    """python -m se.bin.enhance in a subprocess (the train entry point: the steps/train.sh test)."""
     bad = bad_file(tmp_path / "in" / "bad.wav", "nan")
-    if case == "enhance_nan":
-        cmd = ["-m", "se.bin.enhance", "--checkpoint", str(ckpt_dir / "tiny.pt"), "--input", str(bad),
-               "--output-dir", str(tmp_path / "out")]
-        names = ["bad.wav", "NaN"]
-    else:
-        cmd = ["-m", "se.bin.train", "--train-data", str(train_data / "train"), "--valid-data",
-               str(train_data / "valid"), "--exp-dir", str(tmp_path / "exp"), "--network_kwargs",
-               "{channels: four}"]
-        names = ["channels"]
+    cmd = ["-m", "se.bin.enhance", "--checkpoint", str(ckpt_dir / "tiny.pt"), "--input", str(bad),
+           "--output-dir", str(tmp_path / "out")]
     before = snapshot(tmp_path)
     res = run_subprocess([sys.executable, *cmd])
-    check(f"subprocess {case}", res, before, tmp_path, names=names, new_files_ok=case.startswith("train"))
+    check("subprocess enhance_nan", res, before, tmp_path, names=["bad.wav", "NaN"])
+    assert res.text.count("se.bin.enhance: error: ") == 1
 
 
 # --------------------------------------------------------------------------- recipes' option parsing
@@ -686,3 +680,23 @@ def test_cli_maps_user_errors_to_one_line(capsys):
     assert capsys.readouterr().err == "t: error: /nonexistent-dir/x.txt: No such file or directory\n"
     with pytest.raises(KeyError):  # a true internal error keeps its traceback
         cli.run(bug, [], prog="t")
+
+
+def test_train_sh_refused_resume_leaves_exp_dir_and_log(train_data, tmp_path):
+    """Through steps/train.sh (and the real `python -m se.bin.train` entry point): the resume is
+    checked before the job runner starts (and rewrites exp/log/train.log), so nothing in the exp
+    dir changes."""
+    exp = tmp_path / "exp"
+    (exp / "log").mkdir(parents=True)
+    tiny = tiny_checkpoint(exp / "model.ckpt-1-5.pt")
+    (exp / "last_checkpoint").write_text("model.ckpt-1-5.pt\n")
+    (exp / "log" / "train.log").write_text("the log of the earlier run\n")
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("network: FRCRN_SE_16K\nnetwork_kwargs: {channels: 8, fsmn_hidden: 4, se_reduction: 2, lorder: 3}\n")
+    before = snapshot(tmp_path)
+    env_path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    res = run_subprocess(["env", f"PATH={env_path}", "bash", str(REPO / "steps" / "train.sh"), "--config", str(conf),
+                          "--train-data", str(train_data / "train"), "--valid-data", str(train_data / "valid"),
+                          "--exp-dir", str(exp)])
+    check("steps/train.sh refused_resume", res, before, tmp_path, names=["model.ckpt-1-5.pt", "cannot resume"])
+    assert tiny.is_file()

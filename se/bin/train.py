@@ -38,6 +38,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp-dir", required=True, help="experiment dir (checkpoints, logs, config.yaml)")
     p.add_argument("--init", help="fine-tune from this checkpoint (= init_checkpoint_path)")
     p.add_argument("--start-over", action="store_true", help="ignore exp-dir/last_checkpoint")
+    p.add_argument("--check-only", action="store_true",
+                   help="check the config, the data dirs' lists and a resume, write nothing, start nothing")
     return p
 
 
@@ -52,7 +54,7 @@ def data_dir_from_list(list_file: str, exp_dir: Path, name: str, rate: int) -> s
 
 def _main(argv: list[str]) -> int:
     args, rest = get_parser().parse_known_args(argv)
-    from se.trainer import Trainer, resolve_config, setup_distributed, setup_logging
+    from se.trainer import Trainer, check_resume, resolve_config, setup_distributed, setup_logging
 
     retain_freed_memory()  # CPU training: reuse freed tensor memory (se/allocator.py)
     dist = setup_distributed()
@@ -63,6 +65,15 @@ def _main(argv: list[str]) -> int:
             overrides["init_checkpoint_path"] = args.init
         conf = resolve_config(config_lib.load(args.config, overrides))
         exp_dir = cli.check_output_dir(args.exp_dir, "--exp-dir")
+        if args.check_only:
+            from se.data import DataDir
+
+            for d in (args.train_data, args.valid_data):
+                if d:
+                    DataDir(d)  # the lists only; se.bin.validate_data_dir checks the audio
+            last = check_resume(conf, exp_dir, args.start_over)
+            print(f"se.bin.train: OK: {'would resume from ' + str(last) if last else 'would start from scratch'}")
+            return 0
         exp_dir.mkdir(parents=True, exist_ok=True)
         train_dir, valid_dir = args.train_data, args.valid_data
         if not train_dir:
