@@ -74,13 +74,15 @@ def read_audio(
     expected_rate: int | None = None,
     mono: bool = True,
     where: str = "",
+    dtype: str = "float32",
 ) -> tuple[np.ndarray, int]:
     """Read ``frames`` samples starting at ``start`` (only those are read from disk).
 
     ``expected_rate``: a file at another rate is an error (resampling belongs to data
     preparation, never to loading). ``mono``: multi-channel files are an error.
     ``where``: extra context for messages, e.g. "data/train/wav.scp line 12".
-    Returns float32 samples (frames,) and the sample rate.
+    Samples that are NaN or Inf are an error naming the file (and the first such sample).
+    Returns samples (frames,) of ``dtype`` (float32 or float64) and the sample rate.
     """
     ctx = f" ({where})" if where else ""
     try:
@@ -100,7 +102,7 @@ def read_audio(
         try:
             if start:
                 f.seek(start)
-            x = f.read(frames, dtype="float32", always_2d=False)
+            x = f.read(frames, dtype=dtype, always_2d=False)
         except Exception as exc:
             raise AudioError(f"{path}{ctx}: cannot read audio ({exc})") from exc
         rate = f.samplerate

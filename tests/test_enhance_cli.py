@@ -147,7 +147,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(case, tiny_frcrn, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["earlier.wav"]  # nothing written, nothing lost
     assert (out / "earlier.wav").read_bytes() == b"keep me"
     expected = {"missing": "nothere.wav: input not found", "empty": "bad.wav: file is empty",
-                "stereo": "bad.wav (", "unreadable": "bad.wav: not a readable audio file",
+                "stereo": "bad.wav: 2 channels", "unreadable": "bad.wav: not a readable audio file",
                 "scp_missing": "list.scp line 2"}[case]
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1 and "Traceback" not in err  # one line

@@ -8,8 +8,10 @@ ClearVoice release file ({'model': state_dict}). --input: one audio file, a dire
 .wav/.flac files, or a Kaldi scp (``utt path`` per line; outputs are named ``<utt>.wav``).
 Every output has its input's name and length and is written at the input's sample rate
 (inputs at another rate than the network's are resampled on the way in and out, and a log
-line says so). All inputs are checked before anything is written; each output is written
-atomically, so a failure never leaves a half-written file or removes finished ones.
+line says so). All inputs are checked before anything is written; outputs are written
+into a hidden folder inside the output dir and moved into place when every file succeeded, so a
+failure (an unreadable input, NaN/Inf samples, a network output that is not finite) leaves the
+output dir exactly as it was. A digitally silent input gives a silent output (and a warning).
 """
 
 from __future__ import annotations
@@ -127,8 +129,7 @@ def _main(argv: list[str]) -> int:
         total_clipped, audio_s, t0 = 0, 0.0, time.time()
         for name, path, where in tqdm(items, desc="enhance", unit="file", file=sys.stderr,
                                       disable=len(items) < 2):
-            x, file_rate = read_audio(path, where="" if where == path else where)
-            x = x.astype(np.float64)
+            x, file_rate = read_audio(path, where="" if where == path else where, dtype="float64")
             audio_s += len(x) / file_rate
             if not np.any(x):
                 log.warning("%s: digitally silent input; its output is silence", path)
