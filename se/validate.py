@@ -62,7 +62,7 @@ class Limits:
     swap_snr_margin_db: float = 3.0
     clean_snr_db: float = 20.0
     bandwidth_floor_db: float = 60.0
-    narrowband_ratio: float = 0.75
+    narrowband_ratio: float = 0.6
 
 
 @dataclass
@@ -260,7 +260,8 @@ def check_item(task: tuple) -> tuple[str, list[Problem], list[Stats | None]]:
                 cross += (a.sum(), b.sum(), a @ a, b @ b, a @ b)
                 common += m
     except Exception as exc:  # noqa: BLE001 - a file truncated in its data part
-        problems.append(Problem("error", f"{files[0][0]} ({files[0][1]}): cannot read to the end ({exc})"))
+        names = " or ".join(f"{p} ({w})" for p, w in files)
+        problems.append(Problem("error", f"{names}: cannot read to the end ({exc}); repair or remove the file"))
         return utt, problems, stats
     finally:
         for h in handles:

@@ -72,6 +72,9 @@ def bad_file(path: Path, kind: str) -> Path:
         wav(path, speech(0.5)[:100])
     elif kind == "silent":
         wav(path, np.zeros(n))
+    elif kind == "truncated":  # a copy cut short: the header still says 16000 samples
+        wav(path, speech(1.0))
+        path.write_bytes(path.read_bytes()[: 44 + 4 * 8000])
     else:
         raise ValueError(kind)
     return path
@@ -393,7 +396,7 @@ def test_make_data_dir_bad_input(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "missing", "empty", "nonaudio", "stereo", "rate", "nan", "inf",
-                                  "short", "silent", "dup_ids", "mismatched_ids", "length", "swapped", "unrelated",
+                                  "short", "silent", "truncated", "dup_ids", "mismatched_ids", "length", "swapped", "unrelated",
                                   "nj"])
 def test_validate_data_dir_bad_input(case, tmp_path):
     pairs = make_pairs(tmp_path / "corpus", count=3, seconds=1.0)
@@ -401,7 +404,7 @@ def test_validate_data_dir_bad_input(case, tmp_path):
     names, argv = [], []
     if case == "missing_dir":
         d, names = tmp_path / "nowhere", ["nowhere"]
-    elif case in ("missing", "empty", "nonaudio", "stereo", "rate", "nan", "inf", "short", "silent"):
+    elif case in ("missing", "empty", "nonaudio", "stereo", "rate", "nan", "inf", "short", "silent", "truncated"):
         bad = bad_file(tmp_path / "corpus" / "bad clean.wav", case)
         pairs["u1"] = (pairs["u1"][0], bad)
         write_data_dir(d, pairs, {u: sf.info(str(pairs[u][0])).frames for u in pairs})
@@ -619,11 +622,15 @@ def test_recipe_good_options_still_work(tmp_path):
     assert res.rc == 0, res.text
 
 
-@pytest.mark.parametrize("recipe", ["egs/mini/run.sh", "egs/voicebank_demand/run.sh"])
-def test_real_recipes_reject_non_numeric_stage(recipe, tmp_path):
-    res = run_subprocess(["bash", str(REPO / recipe), "--stage", "one"])
-    record(f"{recipe} --stage one", res, "--stage" in res.text, True)
-    assert res.rc == 1 and "--stage" in res.text and "Successfully finished" not in res.text, res.text
+@pytest.mark.parametrize("script, option, value", [
+    ("egs/mini/run.sh", "--stage", "one"), ("egs/voicebank_demand/run.sh", "--stop-stage", "5b"),
+    ("steps/score.sh", "--nj", "four"), ("steps/score.sh", "--max-len-diff", "0.1s"),
+    ("steps/enhance.sh", "--nj", "2.5"), ("steps/train.sh", "--num-nodes", "two")])
+def test_real_scripts_reject_malformed_numbers(script, option, value, tmp_path):
+    res = run_subprocess(["bash", str(REPO / script), option, value])
+    record(f"{script} {option} {value}", res, option in res.text, True)
+    assert res.rc == 1 and f"option {option} takes" in res.text and value in res.text, res.text
+    assert "Successfully finished" not in res.text and "Traceback" not in res.text
 
 
 # --------------------------------------------------------------------------- config levels, --debug
