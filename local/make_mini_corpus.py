@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from se import cli  # noqa: E402
 from se.audio import write_audio  # noqa: E402
 
 SETS = {"train": (96, 2.0), "valid": (8, 2.0), "test": (8, 3.0)}  # utterances, seconds
@@ -77,13 +78,13 @@ def noise(rng: np.random.Generator, n: int, fs: int) -> np.ndarray:
     return y / (np.sqrt(np.mean(y**2)) + 1e-12)
 
 
-def main(argv=None) -> int:
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--fs", type=int, default=16000)
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--fs", type=cli.positive_int, default=16000)
+    p.add_argument("--seed", type=cli.nonneg_int, default=1234)
     args = p.parse_args(argv)
-    out = Path(args.out_dir)
+    out = cli.check_output_dir(args.out_dir, "--out-dir")
     for s, (count, seconds) in SETS.items():
         for i in range(count):
             rng = np.random.default_rng([args.seed, list(SETS).index(s), i])
@@ -97,6 +98,10 @@ def main(argv=None) -> int:
             write_audio(out / s / "noisy" / f"{utt}.wav", clean + nz, args.fs, "FLOAT")
     print(f"wrote {sum(c for c, _ in SETS.values())} noisy/clean pairs at {args.fs} Hz under {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="local/make_mini_corpus.py")
 
 
 if __name__ == "__main__":

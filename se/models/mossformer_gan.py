@@ -168,7 +168,9 @@ class MossFormerGAN(nn.Module):
     @staticmethod
     def discriminator_kwargs(conf: dict) -> dict:
         """MetricDiscriminator kwargs from ``discriminator_kwargs`` in the config."""
-        return dict(conf.get("discriminator_kwargs") or {})
+        from se.models import check_kwargs
+
+        return dict(check_kwargs(MetricDiscriminator, conf.get("discriminator_kwargs") or {}, "discriminator_kwargs"))
 
     @staticmethod
     def convert_clearvoice_state_dict(sd: dict) -> dict:
