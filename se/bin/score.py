@@ -375,9 +375,14 @@ def run(args) -> int:
         return 0
 
     rows, notes, rates = score_all(pairs, columns, args.nj, args.max_len_diff)
+    nonfinite = [msg for utt in sorted(notes) for kind, msg in notes[utt] if kind.startswith("nonfinite")]
+    if nonfinite:  # NaN/Inf audio never becomes a number: the run fails, nothing is written
+        raise ScoreError("\n".join(
+            [f"{len(nonfinite)} file(s) hold NaN/Inf samples; fix or remove them and score again "
+             "(se.bin.validate_data_dir lists every such file):", *(" ".join(m.split()) for m in nonfinite)]))
     for utt in sorted(notes):
         for kind, msg in notes[utt]:
-            if kind == "read_error" or kind.startswith("nonfinite"):
+            if kind == "read_error":
                 print(f"se.bin.score: warning: {utt}: {' '.join(msg.split())} (its metrics are undefined)",
                       file=sys.stderr)
     if args.split is not None:
