@@ -9,8 +9,8 @@ whitespace by '_'; with several --audio-dir the id starts with the folder's name
 (``read_speech-book_00001_chp_0009_reader_06709_0``). Two files with one id are an error.
 
 OUT gets ``wav.scp`` (``<id> <absolute path>``), ``utt2num_samples``, ``fs`` and, with
---utt2spk-regex, ``utt2spk`` (all sorted, written atomically, only after every file passed its
-checks). Files at FS Hz and mono are used where they are. Files at another rate are resampled
+--utt2spk-regex, ``utt2spk`` (se.data.write_source_dir: sorted, atomic, only after every file
+passed its checks; read with se.data.SourceDir). Files at FS Hz and mono are used where they are. Files at another rate are resampled
 ONCE (se.resample, soxr VHQ) in --nj processes into RDIR/<relative path>.wav (default
 OUT/wav); finished files are kept, so an interrupted run resumes. Multi-channel files are refused
 unless --first-channel (RIR corpora): then channel 0 is written to RDIR and used.
@@ -110,8 +110,7 @@ def make_source_dir(
     """Check every file, resample what is not at ``fs`` Hz mono, write OUT; returns id -> samples."""
     from tqdm import tqdm
 
-    from se.checkpoint import atomic_write_text
-    from se.data import write_scp
+    from se.data import write_source_dir
     from se.resample import resample_files
 
     if not sources:
@@ -147,14 +146,9 @@ def make_source_dir(
         by_dst = {dst: utt for utt, dst in paths.items()}
         for _src, dst, _rate, _sub in jobs:
             lengths[by_dst[dst]] = int(audio_info(dst).frames)
-    out.mkdir(parents=True, exist_ok=True)
-    write_scp(out / "wav.scp", paths)
-    write_scp(out / "utt2num_samples", lengths)
-    if utt2spk is not None:
-        write_scp(out / "utt2spk", utt2spk)
-    else:
+    if not utt2spk:
         (out / "utt2spk").unlink(missing_ok=True)  # never a stale speaker map from an earlier run
-    atomic_write_text(out / "fs", f"{fs}\n")
+    write_source_dir(out, paths, lengths, fs, utt2spk)
     return lengths
 
 
