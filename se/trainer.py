@@ -167,6 +167,9 @@ def build_loaders(conf: dict, train_dir: str, valid_dir: str, dist: Dist):
         simulator = Simulator(parse_config(conf["simulation"], "config simulation block"), rate)
         train_set = SimulatedDataset(simulator, segment, conf["seed"], features=features)
         train = None
+        log.info("training items simulated on the fly (se/simulation.py): %d per epoch from %d speech files, "
+                 "%d noise files, %d RIRs", len(train_set), simulator.num_speech_files,
+                 sum(len(s) for _, s in simulator.noise), sum(len(s) for _, s in simulator.rir))
     else:
         train = DataDir(train_dir)
         train_set = SegmentDataset(train, rate, segment, conf["seed"], random_crop=True, features=features)

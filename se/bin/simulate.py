@@ -11,7 +11,8 @@ per utterance with every draw and ``measured_snr_db``, the SNR of the written fi
 against noisy - target, on the target's active speech; reverberation and effects lower it
 below the drawn ``snr_db``). Audio is written as 32-bit float WAV.
 
---length 0 (default) keeps each drawn speech file whole; --fs defaults to the rate of the
+--speech/--noise/--rir DIR replace the block's sources (e.g. the held-out speakers and noises of a
+training config's block). --length 0 (default) keeps each drawn speech file whole; --fs defaults to the rate of the
 first speech source. A DIR that already holds a set is refused unless --overwrite.
 """
 
@@ -42,6 +43,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="output dir (audio, data dir files, simulation.tsv)")
     p.add_argument("--length", type=float, default=0.0, help="seconds per utterance (0 = whole speech files)")
     p.add_argument("--fs", type=int, default=0, help="sample rate (0 = the rate of the first speech source)")
+    p.add_argument("--speech", action="append", metavar="DIR",
+                   help="replace the block's speech sources by these source dirs (weight 1; repeatable), e.g. "
+                   "the validation speakers of a training config")
+    p.add_argument("--noise", action="append", metavar="DIR", help="replace the block's noise sources (repeatable)")
+    p.add_argument("--rir", action="append", metavar="DIR", help="replace the block's RIR sources (repeatable)")
     p.add_argument("--prefix", default="sim", help="utterance ids are <prefix>_<index>")
     p.add_argument("--overwrite", action="store_true", help="replace a set already in --out-dir")
     return p
@@ -70,7 +76,11 @@ def run(args) -> int:
             f"{out}: already holds a simulated set (or a partial one: wav.scp, simulation.tsv, noisy/ or "
             "clean/); use --overwrite to replace it"
         )
-    config = parse_config(load_block(args.config), args.config)
+    block = dict(load_block(args.config))
+    for key in ("speech", "noise", "rir"):
+        if getattr(args, key):
+            block[key] = [{"data": d, "weight": 1.0} for d in getattr(args, key)]
+    config = parse_config(block, args.config)
     fs = args.fs or SourceDir(config.speech[0].data).sampling_rate
     sim = Simulator(config, fs)
     length = int(round(args.length * fs)) or None
