@@ -47,12 +47,16 @@ class Source:
     rel: str  # relative path (posix, with the folder name when several --audio-dir)
 
 
-def scan_audio(audio_dirs: list[str | Path]) -> list[Source]:
-    """Every audio file below ``audio_dirs``, sorted by id; errors on missing dirs and id clashes."""
-    prefix = len(audio_dirs) > 1
+def scan_audio(audio_dirs: list[str | Path], prefix: str | None = None) -> list[Source]:
+    """Every audio file below ``audio_dirs``, sorted by id; errors on missing dirs and id clashes.
+
+    Relative paths (and so ids) start with each folder's name when there are several folders,
+    or with ``prefix`` when given.
+    """
     found: dict[str, Source] = {}
     for d in audio_dirs:
         d = Path(d)
+        lead = prefix if prefix is not None else d.resolve().name if len(audio_dirs) > 1 else ""
         if not d.is_dir():
             raise DataDirError(f"{d}: audio directory not found")
         n_before = len(found)
@@ -63,13 +67,13 @@ def scan_audio(audio_dirs: list[str | Path]) -> list[Source]:
                     continue
                 path = Path(root) / name
                 rel = path.relative_to(d).as_posix()
-                if prefix:
-                    rel = f"{d.resolve().name}/{rel}"
+                if lead:
+                    rel = f"{lead}/{rel}"
                 utt = re.sub(r"\s+", "_", rel.rsplit(".", 1)[0].replace("/", "-"))
                 if utt in found:
                     raise DataDirError(
                         f"{path}: id '{utt}' is also the id of {found[utt].path}; rename one of them"
-                        + (" or give the folders different names" if prefix else "")
+                        + (" or give the folders different names" if lead and prefix is None else "")
                     )
                 found[utt] = Source(utt, str(path.resolve()), rel)
         if len(found) == n_before:
