@@ -38,7 +38,7 @@ is its own speaker, and the number of such files is logged as a warning: check r
 give --speaker-regex SUBSET=REGEX (group 1 or the named group ``spk`` is the speaker) when the
 split must be speaker-disjoint there. Per subset --valid-fraction and --test-fraction of the
 speakers (at least one each when the subset has 3 or more) go to valid and test, chosen by a
-seeded permutation; speaker ids in utt2spk are <subset>-<speaker>. Noise files and RIRs are
+seeded permutation (se.bin.make_source_dir.split_ids); speaker ids in utt2spk are <subset>-<speaker>. Noise files and RIRs are
 split by file with the same fractions. RIRs are the files below impulse_responses/ except those
 named as noise recordings (``*noise*``, SLR28's ``pointsource_noises``); multi-channel RIR
 files contribute channel 0. Every rate of --rates gets its own dirs; files at another rate are
@@ -255,27 +255,6 @@ def speaker_of(rel: str, subset: str, pattern: re.Pattern | None) -> str | None:
     return folders[0] if folders else None
 
 
-def split_ids(keys: list[str], valid_fraction: float, test_fraction: float, seed: int, salt: str) -> dict[str, str]:
-    """key -> 'train'|'valid'|'test': a seeded permutation; valid and test get at least one key each
-    when there are 3 or more."""
-    import numpy as np
-
-    keys = sorted(keys)
-    n = len(keys)
-    n_valid = n_test = 0
-    if n >= 3:
-        n_valid = max(1, round(valid_fraction * n)) if valid_fraction > 0 else 0
-        n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
-        if n_valid + n_test >= n:
-            n_valid, n_test = min(n_valid, 1), min(n_test, 1)
-    rng = np.random.default_rng([seed, zlib.crc32(salt.encode())])
-    order = rng.permutation(n)
-    out = {}
-    for rank, i in enumerate(order):
-        out[keys[i]] = "valid" if rank < n_valid else "test" if rank < n_valid + n_test else "train"
-    return out
-
-
 def is_rir(rel: str) -> bool:
     low = rel.lower()
     return "noise" not in PurePosixPath(low).name and "pointsource_noises" not in low
@@ -283,7 +262,7 @@ def is_rir(rel: str) -> bool:
 
 def prepare(root: Path, out_dir: Path, dump_dir: Path, subsets: list[str], rates: list[int],
             valid_fraction: float, test_fraction: float, seed: int, speaker_regex: dict[str, str], nj: int) -> None:
-    from se.bin.make_source_dir import make_source_dir, scan_audio
+    from se.bin.make_source_dir import make_source_dir, scan_audio, split_ids
 
     check_layout(root, subsets)
     groups: dict[str, dict[str, list]] = {}  # kind -> split -> sources

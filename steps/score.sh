@@ -45,16 +45,23 @@ mkdir -p "$dir/log"
 rm -rf "$dir/split"
 rm -f "$dir"/{scores.tsv,summary.json,summary.md,notes.tsv,cmd,ref.scp}
 
-log "checking the pairs"
-num_utts=$("${score[@]}" "${opts[@]}" --check-only | tail -n 1)
-[ "$nj" -le "$num_utts" ] || nj=$num_utts
+if [ "$nj" -eq 1 ]; then
+  # one job checks the pairs and scores them: no separate check, split or merge
+  log "scoring in 1 job (log: $dir/log/score.1.log)"
+  # shellcheck disable=SC2086
+  $cmd JOB=1:1 "$dir/log/score.JOB.log" "${score[@]}" "${opts[@]}" --nj 1
+else
+  log "checking the pairs"
+  num_utts=$("${score[@]}" "${opts[@]}" --check-only | tail -n 1)
+  [ "$nj" -le "$num_utts" ] || nj=$num_utts
 
-log "scoring $num_utts utterances in $nj jobs (logs: $dir/log/score.*.log)"
-# shellcheck disable=SC2086
-$cmd JOB=1:"$nj" "$dir/log/score.JOB.log" \
-  "${score[@]}" "${opts[@]}" --split "$nj" --job JOB --nj 1
+  log "scoring $num_utts utterances in $nj jobs (logs: $dir/log/score.*.log)"
+  # shellcheck disable=SC2086
+  $cmd JOB=1:"$nj" "$dir/log/score.JOB.log" \
+    "${score[@]}" "${opts[@]}" --split "$nj" --job JOB --nj 1
 
-"${score[@]}" "${opts[@]}" --merge "$nj"
+  "${score[@]}" "${opts[@]}" --merge "$nj"
+fi
 echo "${cmdline% }" > "$dir/cmd.tmp" && mv "$dir/cmd.tmp" "$dir/cmd"
 cat "$dir/summary.md"
 log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -126,3 +126,28 @@ def test_errors_name_the_file(tmp_path, caplog, case, message):
     assert not (tmp_path / "out").exists()
     if case in ("clash", "unreadable", "regex"):
         assert str(d) in err
+
+
+def test_holdout_split_by_speaker_and_by_file(tmp_path):
+    d = tmp_path / "speech"
+    for spk in ("anna", "bert", "carl", "dora", "emil"):
+        for i in range(2):
+            _write(d / f"{spk}_{i}.wav", np.full(800, 0.1), 16000)
+    out = tmp_path / "src" / "speech"
+    assert main(["--audio-dir", str(d), "--out", str(out), "--fs", "16000", "--holdout", "0.2", "0.2",
+                 "--utt2spk-regex", r"^([a-z]+)_"]) == 0
+    spk = {s: set(read_scp(tmp_path / f"src/speech_{s}/utt2spk").values()) for s in ("train", "valid", "test")}
+    assert [len(spk[s]) for s in ("train", "valid", "test")] == [3, 1, 1]
+    assert len(set().union(*spk.values())) == 5  # each speaker in exactly one set
+    assert {s: len(read_scp(tmp_path / f"src/speech_{s}/wav.scp")) for s in spk} == {"train": 6, "valid": 2, "test": 2}
+    # by file without a speaker pattern; the same seed gives the same split
+    assert main(["--audio-dir", str(d), "--out", str(tmp_path / "f"), "--fs", "16000", "--holdout", "0.1", "0"]) == 0
+    valid = read_scp(tmp_path / "f_valid/wav.scp")
+    assert len(valid) == 1 and len(read_scp(tmp_path / "f_train/wav.scp")) == 9 and not (tmp_path / "f_test").exists()
+    assert main(["--audio-dir", str(d), "--out", str(tmp_path / "g"), "--fs", "16000", "--holdout", "0.1", "0"]) == 0
+    assert read_scp(tmp_path / "g_valid/wav.scp").keys() == valid.keys()
+    # too few files for a held-out set
+    few = tmp_path / "few"
+    _write(few / "a.wav", np.full(800, 0.1), 16000)
+    assert main(["--audio-dir", str(few), "--out", str(tmp_path / "h"), "--fs", "16000", "--holdout", "0.1", "0.1"]) == 1
+    assert not (tmp_path / "h_train").exists()

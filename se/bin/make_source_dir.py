@@ -1,7 +1,7 @@
 """Write a source data dir (one signal per id: speech, noise or RIRs) from folders of audio.
 
     python -m se.bin.make_source_dir --audio-dir DIR [--audio-dir DIR2 ...] --out OUT --fs FS \
-        [--resample-dir RDIR] [--utt2spk-regex REGEX] [--first-channel] [--nj N]
+        [--resample-dir RDIR] [--utt2spk-regex REGEX] [--first-channel] [--holdout VALID TEST] [--nj N]
 
 Every .wav/.flac below each --audio-dir (recursively, hidden files skipped) becomes one entry.
 The id is the path relative to its --audio-dir without the extension, '/' replaced by '-' and
@@ -14,6 +14,11 @@ passed its checks; read with se.data.SourceDir). Files at FS Hz and mono are use
 ONCE (se.resample, soxr VHQ) in --nj processes into RDIR/<relative path>.wav (default
 OUT/wav); finished files are kept, so an interrupted run resumes. Multi-channel files are refused
 unless --first-channel (RIR corpora): then channel 0 is written to RDIR and used.
+
+--holdout VALID TEST writes OUT_train, OUT_valid and OUT_test instead of OUT: those fractions of
+the speakers (with --utt2spk-regex: no speaker in two sets) or of the files, at least one each
+(se.bin.make_source_dir.split_ids, seeded by --seed); resampled files go to one RDIR (default
+OUT/wav) for all three.
 
 --utt2spk-regex is searched in the relative path (with '/' separators); the speaker is the group
 named ``spk``, else the first group that took part in the match, else the whole match. A file it
@@ -102,6 +107,42 @@ def speakers(sources: list[Source], regex: str) -> dict[str, str]:
     return out
 
 
+def split_ids(keys: list[str], valid_fraction: float, test_fraction: float, seed: int, salt: str = "") -> dict[str, str]:
+    """key -> 'train' | 'valid' | 'test' by a permutation seeded with (seed, crc32(salt)).
+
+    valid and test get round(fraction x number of keys) keys, at least one each (when their
+    fraction is above 0) once there are 3 or more keys; fewer keys all go to train.
+    """
+    import zlib
+
+    import numpy as np
+
+    keys = sorted(keys)
+    n = len(keys)
+    n_valid = n_test = 0
+    if n >= 3:
+        n_valid = max(1, round(valid_fraction * n)) if valid_fraction > 0 else 0
+        n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
+        if n_valid + n_test >= n:
+            n_valid, n_test = min(n_valid, 1), min(n_test, 1)
+    order = np.random.default_rng([seed, zlib.crc32(salt.encode())]).permutation(n)
+    out = {}
+    for rank, i in enumerate(order):
+        out[keys[i]] = "valid" if rank < n_valid else "test" if rank < n_valid + n_test else "train"
+    return out
+
+
+def split_sources(sources: list[Source], utt2spk: dict[str, str] | None, valid_fraction: float,
+                  test_fraction: float, seed: int, salt: str = "") -> dict[str, list[Source]]:
+    """train/valid/test lists; with ``utt2spk`` by speaker (no speaker in two sets), else by file."""
+    group = (lambda s: utt2spk[s.id]) if utt2spk else (lambda s: s.id)  # noqa: E731
+    which = split_ids(sorted({group(s) for s in sources}), valid_fraction, test_fraction, seed, salt)
+    out: dict[str, list[Source]] = {"train": [], "valid": [], "test": []}
+    for s in sources:
+        out[which[group(s)]].append(s)
+    return out
+
+
 def make_source_dir(
     sources: list[Source],
     out: str | Path,
@@ -167,6 +208,10 @@ def main(argv=None) -> int:
     p.add_argument("--resample-dir", default=None, help="where resampled files go (default OUT/wav)")
     p.add_argument("--utt2spk-regex", default=None, help="speaker from the relative path (group 'spk', else first group, else match)")
     p.add_argument("--first-channel", action="store_true", help="use channel 0 of multi-channel files (RIRs)")
+    p.add_argument("--holdout", type=float, nargs=2, metavar=("VALID", "TEST"), default=None,
+                   help="write OUT_train, OUT_valid and OUT_test: these fractions of the speakers (with "
+                   "--utt2spk-regex) or files held out for validation and test")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --holdout split")
     p.add_argument("--nj", type=int, default=1, help="resampling processes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
@@ -175,12 +220,30 @@ def main(argv=None) -> int:
             raise DataDirError(f"--fs must be a positive sample rate, got {args.fs}")
         sources = scan_audio(args.audio_dir)
         utt2spk = speakers(sources, args.utt2spk_regex) if args.utt2spk_regex else None
-        make_source_dir(sources, args.out, args.fs, args.resample_dir, utt2spk, args.first_channel, args.nj)
+        if args.holdout is None:
+            parts = {"": sources}
+        else:
+            valid, test = args.holdout
+            if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
+                raise DataDirError(f"--holdout {valid} {test}: fractions must be in [0, 1) with a sum below 1")
+            parts = {f"_{k}": v for k, v in split_sources(sources, utt2spk, valid, test, args.seed).items()}
+            empty = [k[1:] for k, v in parts.items() if not v and (k == "_train" or args.holdout[k == "_test"] > 0)]
+            if empty:
+                unit = "speakers" if utt2spk else "files"
+                raise DataDirError(f"{args.audio_dir[0]}: too few {unit} ({len(sources)} files) for a "
+                                   f"{'/'.join(empty)} set; need 3 or more {unit}")
+        rdir = args.resample_dir or str(Path(args.out) / "wav")  # one resampled copy for all parts
+        for suffix, part in parts.items():
+            if not part:
+                continue
+            out = f"{args.out}{suffix}"
+            spk = {s.id: utt2spk[s.id] for s in part} if utt2spk else None
+            make_source_dir(part, out, args.fs, rdir, spk, args.first_channel, args.nj)
+            extra = f", {len(set(spk.values()))} speakers" if spk else ""
+            log.info("%s: %d files at %d Hz%s", out, len(part), args.fs, extra)
     except (DataDirError, AudioError) as exc:
         log.error("%s", exc)
         return 1
-    extra = f", {len(set(utt2spk.values()))} speakers" if utt2spk else ""
-    log.info("%s: %d files at %d Hz%s", args.out, len(sources), args.fs, extra)
     return 0
 
 
