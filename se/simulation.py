@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import oaconvolve
+from scipy import fft as sp_fft
 
 from se.audio import AudioError, read_audio
 from se.data import SourceDir
@@ -314,8 +314,12 @@ def reverberate(speech: np.ndarray, rir: np.ndarray, fs: int, early_reflection_m
     n = len(speech)
     d = int(np.argmax(np.abs(rir)))
     early = rir[: d + int(round(early_reflection_ms * fs / 1000)) + 1]
-    reverberant = oaconvolve(speech, rir)[d : d + n]
-    target = oaconvolve(speech, early)[d : d + n]
+    # FFT convolution sharing the speech spectrum between the two RIRs (one FFT fewer than two
+    # scipy.signal.fftconvolve calls); linear, not circular: nfft >= len(speech) + len(rir) - 1
+    nfft = sp_fft.next_fast_len(n + len(rir) - 1, real=True)
+    spectrum = sp_fft.rfft(speech, nfft)
+    reverberant = sp_fft.irfft(spectrum * sp_fft.rfft(rir, nfft), nfft)[d : d + n]
+    target = sp_fft.irfft(spectrum * sp_fft.rfft(early, nfft), nfft)[d : d + n]
     return reverberant, target
 
 
@@ -323,7 +327,7 @@ def bandwidth_limit(x: np.ndarray, fs: int, rate: int) -> np.ndarray:
     """Down-sampling to ``rate`` and back to ``fs`` (se.resample.resample): nothing is left
     above rate / 2."""
     y = resample(resample(x, fs, rate), rate, fs)
-    return _fit(y, len(x))
+    return _fit(y, len(x)).astype(x.dtype, copy=False)
 
 
 def clip(x: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
@@ -339,13 +343,15 @@ def codec(x: np.ndarray, fs: int, fmt: str, compression_level: float) -> np.ndar
     [-1, 1]) and scaled back; the output has the input's length.
     """
     container, subtype = CODECS[fmt]
+    if fmt == "mp3":  # libsndfile rejects level 1.0 for MP3 (its lowest bitrate step)
+        compression_level = min(compression_level, 0.99)
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
     scale = max(1.0, peak / 0.9)
     buf = io.BytesIO()
     sf.write(buf, x / scale, fs, format=container, subtype=subtype, compression_level=compression_level)
     buf.seek(0)
-    y, _ = sf.read(buf, dtype="float64", always_2d=False)
-    return _fit(y, len(x)) * scale
+    y, _ = sf.read(buf, dtype="float32", always_2d=False)
+    return (_fit(y, len(x)) * scale).astype(x.dtype, copy=False)
 
 
 def packet_loss(x: np.ndarray, fs: int, lost: np.ndarray, frame_ms: float) -> np.ndarray:
@@ -365,7 +371,8 @@ def scale_level(noisy: np.ndarray, target: np.ndarray, level_dbfs: float) -> tup
     peak = max(float(np.max(np.abs(noisy), initial=0.0)), float(np.max(np.abs(target), initial=0.0)))
     if peak * gain > FULL_SCALE:
         gain = FULL_SCALE / peak
-    return noisy * gain, target * gain, gain
+    # products in float64, then back: rounding never lifts a sample above FULL_SCALE (representable)
+    return (noisy * np.float64(gain)).astype(noisy.dtype), (target * np.float64(gain)).astype(target.dtype), gain
 
 
 def _fit(x: np.ndarray, n: int) -> np.ndarray:
@@ -433,7 +440,7 @@ class Simulator:
                 f"{src.paths[i]} ({src.where(i)}): read {len(x)} samples at {start}, expected {frames}; "
                 f"{src.path}/utt2num_samples is stale (re-run data preparation)"
             )
-        return x.astype(np.float64)
+        return x
 
     def crop_speech(self, rng: np.random.Generator, length: int | None) -> tuple[np.ndarray, dict]:
         """A random segment of ``length`` samples (None: the whole file), zero-padded at the end."""
@@ -473,7 +480,7 @@ class Simulator:
         return h, {"rir_source": s, "rir_id": src.ids[i], "rir_samples": len(h)}
 
     def simulate(self, rng: np.random.Generator, length: int | None) -> tuple[np.ndarray, np.ndarray, dict]:
-        """One item: (noisy, target, draws), float64 arrays of ``length`` samples (None: the
+        """One item: (noisy, target, draws), float32 arrays of ``length`` samples (None: the
         length of the drawn speech file). ``draws`` always has the same keys (None = not drawn)."""
         c = self.config
         t = self.stage_seconds
@@ -601,8 +608,7 @@ class SimulatedDataset(torch.utils.data.Dataset):
 
         rng = item_rng(self.seed, self.epoch, index)
         noisy, target, draws = self.simulator.simulate(rng, self.segment)
-        noisy = noisy.astype(np.float32)
-        item = {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(target.astype(np.float32)),
+        item = {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(target),
                 "index": index, "draws": draws}
         if self.features is not None:
             item["features"] = self.features(noisy, rng)

@@ -161,11 +161,11 @@ def test_no_sample_above_full_scale(sources):
         noisy, target, draws = sim.simulate(item_rng(1, 0, i), FS)
         peak = max(np.max(np.abs(noisy)), np.max(np.abs(target)))
         assert peak <= FULL_SCALE
-        if peak == pytest.approx(FULL_SCALE, abs=1e-12):
+        if peak == pytest.approx(FULL_SCALE, abs=1e-6):
             limited += 1
             assert 20 * np.log10(np.sqrt(np.mean(noisy**2))) < draws["level_dbfs"]
         else:
-            assert 20 * np.log10(np.sqrt(np.mean(noisy**2))) == pytest.approx(draws["level_dbfs"], abs=1e-6)
+            assert 20 * np.log10(np.sqrt(np.mean(noisy.astype(float) ** 2))) == pytest.approx(draws["level_dbfs"], abs=1e-4)
     assert limited >= 1  # the scaling was lowered at least once (speech peaks ~ 10x its RMS)
 
 
