@@ -305,3 +305,18 @@ def test_bad_sources_and_cli_errors(sources, tmp_path, caplog):
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith(f"{conf}: unknown key simulation.level")
     assert not (tmp_path / "o").exists()
+
+
+def test_train_cli_takes_the_block_instead_of_train_data(sources, tmp_path, capsys):
+    import yaml
+
+    from se.bin import train as train_cli
+
+    conf = tmp_path / "train_sim.yaml"
+    conf.write_text(yaml.safe_dump({"network": "FRCRN_SE_16K", "simulation": block(sources)}))
+    args = ["--config", str(conf), "--valid-data", str(tmp_path / "valid"), "--exp-dir", str(tmp_path / "exp")]
+    assert train_cli.main(args + ["--train-data", str(tmp_path / "train")]) == 1
+    assert "--train-data and a simulation: block in the config exclude each other" in capsys.readouterr().err
+    conf.write_text(yaml.safe_dump({"network": "FRCRN_SE_16K", "simulation": block(sources, snr=[1, 2])}))
+    assert train_cli.main(args) == 1
+    assert f"{conf}: unknown key simulation.snr." in capsys.readouterr().err
