@@ -141,7 +141,8 @@ def _number(value, key: str, where: str, low: float | None = None, high: float |
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SimulationError(f"{where}: simulation.{key} must be a number, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise SimulationError(f"{where}: simulation.{key} must be in [{low}, {high}], got {value!r}")
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise SimulationError(f"{where}: simulation.{key} must be {bounds}, got {value!r}")
     return float(value)
 
 
@@ -159,8 +160,9 @@ def _mapping(value, key: str, where: str, known) -> dict:
         raise SimulationError(f"{where}: simulation.{key} must be a mapping, got {value!r}")
     for k in value:
         if k not in known:
+            name = f"{key}.{k}" if key else k
             raise SimulationError(
-                f"{where}: unknown key simulation.{key}{'.' if key else ''}{k}. Known keys: {', '.join(sorted(known))}"
+                f"{where}: unknown key simulation.{name}. Known keys: {', '.join(sorted(known))}"
             )
     return value
 
@@ -179,7 +181,9 @@ def _sources(value, key: str, where: str, base: Path, required: bool) -> list[So
             entry = {"data": entry}
         entry = _mapping(entry, k, where, ("data", "weight"))
         if not isinstance(entry.get("data"), str) or not entry["data"]:
-            raise SimulationError(f"{where}: simulation.{k}.data must be a data dir path, got {entry.get('data')!r}")
+            raise SimulationError(
+                f"{where}: simulation.{k}.data must be a data dir path, got {entry.get('data')!r}"
+            )
         weight = _number(entry.get("weight", 1.0), f"{k}.weight", where, 0.0)
         path = Path(entry["data"])
         out.append(SourceSpec(str(path if path.is_absolute() else base / path), weight))
@@ -217,7 +221,10 @@ def parse_config(block: dict, where: str = "config", base: str | Path | None = N
     if "level_dbfs" in block:
         conf.level_dbfs = _range(block["level_dbfs"], "level_dbfs", where, None, 0.0)
     if conf.p_reverb > 0 and not conf.rir:
-        raise SimulationError(f"{where}: simulation.p_reverb is {conf.p_reverb} but no simulation.rir sources are given")
+        raise SimulationError(
+            f"{where}: simulation.p_reverb is {conf.p_reverb} but no simulation.rir sources are given "
+            "(add rir: [{data: DIR}] or set p_reverb: 0)"
+        )
     for name, cls in EFFECTS.items():
         values = _mapping(block.get(name) or {}, name, where, {f.name for f in dataclasses.fields(cls)})
         effect = cls()
@@ -228,16 +235,21 @@ def parse_config(block: dict, where: str = "config", base: str | Path | None = N
                 value = _number(value, k, where, 0.0, 1.0)
             elif key == "formats":
                 if not isinstance(value, list) or not value or any(v not in CODECS for v in value):
-                    raise SimulationError(f"{where}: simulation.{k} must be a non-empty list of {', '.join(CODECS)}, got {value!r}")
+                    raise SimulationError(
+                        f"{where}: simulation.{k} must be a non-empty list of {', '.join(CODECS)}, got {value!r}"
+                    )
             elif key == "rates":
-                if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value):
-                    raise SimulationError(f"{where}: simulation.{k} must be a non-empty list of sample rates in Hz, got {value!r}")
+                if not isinstance(value, list) or not value or any(
+                        isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value):
+                    raise SimulationError(
+                        f"{where}: simulation.{k} must be a non-empty list of sample rates in Hz, got {value!r}"
+                    )
             elif isinstance(default, list):
                 high = 1.0 if key in ("threshold", "compression_level", "loss_rate") else None
                 value = _range(value, k, where, 0.0, high)
                 if key == "threshold" and value[0] <= 0:
                     raise SimulationError(f"{where}: simulation.{k} must be above 0, got {value!r}")
-            else:
+            else:  # frame_ms
                 value = _number(value, k, where, 1.0)
             setattr(effect, key, value)
         setattr(conf, name, effect)
@@ -433,8 +445,10 @@ class Simulator:
         return s, int(rng.integers(0, len(sources[s][1])))
 
     def _read(self, src: SourceDir, i: int, start: int, frames: int, mono: bool = True) -> np.ndarray:
-        x, _ = read_audio(src.paths[i], start=start, frames=frames, expected_rate=self.fs, mono=mono,
-                          where=src.where(i))
+        try:
+            x, _ = read_audio(src.paths[i], start=start, frames=frames, expected_rate=self.fs, mono=mono)
+        except AudioError as exc:  # the scp line is looked up only on errors (large lists)
+            raise AudioError(f"{exc} ({src.where(i)})") from None
         if len(x) != frames and frames >= 0:
             raise AudioError(
                 f"{src.paths[i]} ({src.where(i)}): read {len(x)} samples at {start}, expected {frames}; "
