@@ -11,7 +11,9 @@ noise files of 10 s, pyroomacoustics RIRs (local/simulate_rirs.py, RT60 0.3-0.9 
 
 1. Throughput: se.simulation.SimulatedDataset in a torch DataLoader (``--workers`` processes,
    batch 4, se.data.collate, se.data.ShardedSampler), timed from the first batch (worker start-up
-   excluded) to the last.
+   excluded) to the last; and segments per CPU-second of all processes (this one and the
+   workers, start-up included), which does not depend on what else the machine runs: twice
+   it is the rate two otherwise idle cores give.
 2. Stage costs: the simulator in this process with every stage forced on (p_reverb 1, each
    effect p 1): milliseconds per call of read (speech, noise and RIR files), reverberation (two
    FFT convolutions), mixing (active-speech SNR), each effect and level scaling; and the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -78,19 +81,30 @@ def training_block(sources: dict, fs: int, p_reverb=0.3, p_effect=0.1, items=400
             "codec": {"p": p_effect}, "packet_loss": {"p": p_effect}}
 
 
-def loader_rate(block: dict, fs: int, seconds: float, workers: int, items: int) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the DataLoader workers)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def loader_rate(block: dict, fs: int, seconds: float, workers: int, items: int) -> tuple[float, float]:
+    """(segments/s of wall-clock time from the first batch on, segments per CPU-second of all
+    processes over the whole run, worker start-up included)."""
     sim = Simulator(parse_config(block, "bench"), fs)
     ds = SimulatedDataset(sim, int(seconds * fs), seed=1)
     sampler = ShardedSampler(len(ds), seed=1)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers,
                                          collate_fn=collate, prefetch_factor=4 if workers else None)
     count, t_first = 0, None
+    cpu0 = cpu_seconds()
     for batch in loader:
         if t_first is None:
             t_first = time.perf_counter()
             continue
         count += len(batch["index"])
-    return count / (time.perf_counter() - t_first)
+    wall = time.perf_counter() - t_first
+    del loader  # workers exit and are reaped: their CPU time is counted
+    return count / wall, len(ds) / (cpu_seconds() - cpu0)
 
 
 def stage_costs(sources: dict, fs: int, seconds: float, items: int) -> dict:
@@ -119,11 +133,12 @@ def main() -> int:
             t0 = time.perf_counter()
             sources = make_sources(root, fs, num_speech=24, num_noise=8, num_rirs=8)
             print(f"\n{fs} Hz, {seconds:g} s segments (sources made in {time.perf_counter() - t0:.0f} s)", flush=True)
-            rate = loader_rate(training_block(sources, fs, items=args.items), fs, seconds, args.workers, args.items)
-            print(f"  DataLoader, p_reverb 0.3, each effect p 0.1: {rate:7.1f} segments/s", flush=True)
-            rate0 = loader_rate(training_block(sources, fs, 0.0, 0.0, items=args.items), fs, seconds,
-                                args.workers, args.items)
-            print(f"  DataLoader, noise only (no reverb, no effects): {rate0:7.1f} segments/s", flush=True)
+            for label, p_reverb, p_effect in (("p_reverb 0.3, each effect p 0.1", 0.3, 0.1),
+                                              ("noise only (no reverb, no effects)", 0.0, 0.0)):
+                block = training_block(sources, fs, p_reverb, p_effect, items=args.items)
+                rate, per_cpu_s = loader_rate(block, fs, seconds, args.workers, args.items)
+                print(f"  DataLoader, {label}: {rate:7.1f} segments/s wall-clock; {per_cpu_s:6.1f} segments "
+                      f"per CPU-second (x 2 = {2 * per_cpu_s:6.1f}/s on 2 idle cores)", flush=True)
             costs = stage_costs(sources, fs, seconds, args.stage_items)
             prob = {"read": 1.0, "mix": 1.0, "scaling": 1.0, "reverberation": 0.3, **{e: 0.1 for e in EFFECTS}}
             print(f"  stage costs, ms per call (every stage on, {args.stage_items} items, one process):")
