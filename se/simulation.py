@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import oaconvolve
+from scipy import fft as sp_fft
 
 from se.audio import AudioError, read_audio
 from se.data import SourceDir
@@ -141,7 +141,8 @@ def _number(value, key: str, where: str, low: float | None = None, high: float |
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SimulationError(f"{where}: simulation.{key} must be a number, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise SimulationError(f"{where}: simulation.{key} must be in [{low}, {high}], got {value!r}")
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise SimulationError(f"{where}: simulation.{key} must be {bounds}, got {value!r}")
     return float(value)
 
 
@@ -159,8 +160,9 @@ def _mapping(value, key: str, where: str, known) -> dict:
         raise SimulationError(f"{where}: simulation.{key} must be a mapping, got {value!r}")
     for k in value:
         if k not in known:
+            name = f"{key}.{k}" if key else k
             raise SimulationError(
-                f"{where}: unknown key simulation.{key}{'.' if key else ''}{k}. Known keys: {', '.join(sorted(known))}"
+                f"{where}: unknown key simulation.{name}. Known keys: {', '.join(sorted(known))}"
             )
     return value
 
@@ -179,7 +181,9 @@ def _sources(value, key: str, where: str, base: Path, required: bool) -> list[So
             entry = {"data": entry}
         entry = _mapping(entry, k, where, ("data", "weight"))
         if not isinstance(entry.get("data"), str) or not entry["data"]:
-            raise SimulationError(f"{where}: simulation.{k}.data must be a data dir path, got {entry.get('data')!r}")
+            raise SimulationError(
+                f"{where}: simulation.{k}.data must be a data dir path, got {entry.get('data')!r}"
+            )
         weight = _number(entry.get("weight", 1.0), f"{k}.weight", where, 0.0)
         path = Path(entry["data"])
         out.append(SourceSpec(str(path if path.is_absolute() else base / path), weight))
@@ -217,7 +221,10 @@ def parse_config(block: dict, where: str = "config", base: str | Path | None = N
     if "level_dbfs" in block:
         conf.level_dbfs = _range(block["level_dbfs"], "level_dbfs", where, None, 0.0)
     if conf.p_reverb > 0 and not conf.rir:
-        raise SimulationError(f"{where}: simulation.p_reverb is {conf.p_reverb} but no simulation.rir sources are given")
+        raise SimulationError(
+            f"{where}: simulation.p_reverb is {conf.p_reverb} but no simulation.rir sources are given "
+            "(add rir: [{data: DIR}] or set p_reverb: 0)"
+        )
     for name, cls in EFFECTS.items():
         values = _mapping(block.get(name) or {}, name, where, {f.name for f in dataclasses.fields(cls)})
         effect = cls()
@@ -228,16 +235,21 @@ def parse_config(block: dict, where: str = "config", base: str | Path | None = N
                 value = _number(value, k, where, 0.0, 1.0)
             elif key == "formats":
                 if not isinstance(value, list) or not value or any(v not in CODECS for v in value):
-                    raise SimulationError(f"{where}: simulation.{k} must be a non-empty list of {', '.join(CODECS)}, got {value!r}")
+                    raise SimulationError(
+                        f"{where}: simulation.{k} must be a non-empty list of {', '.join(CODECS)}, got {value!r}"
+                    )
             elif key == "rates":
-                if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value):
-                    raise SimulationError(f"{where}: simulation.{k} must be a non-empty list of sample rates in Hz, got {value!r}")
+                if not isinstance(value, list) or not value or any(
+                        isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value):
+                    raise SimulationError(
+                        f"{where}: simulation.{k} must be a non-empty list of sample rates in Hz, got {value!r}"
+                    )
             elif isinstance(default, list):
                 high = 1.0 if key in ("threshold", "compression_level", "loss_rate") else None
                 value = _range(value, k, where, 0.0, high)
                 if key == "threshold" and value[0] <= 0:
                     raise SimulationError(f"{where}: simulation.{k} must be above 0, got {value!r}")
-            else:
+            else:  # frame_ms
                 value = _number(value, k, where, 1.0)
             setattr(effect, key, value)
         setattr(conf, name, effect)
@@ -314,8 +326,12 @@ def reverberate(speech: np.ndarray, rir: np.ndarray, fs: int, early_reflection_m
     n = len(speech)
     d = int(np.argmax(np.abs(rir)))
     early = rir[: d + int(round(early_reflection_ms * fs / 1000)) + 1]
-    reverberant = oaconvolve(speech, rir)[d : d + n]
-    target = oaconvolve(speech, early)[d : d + n]
+    # FFT convolution sharing the speech spectrum between the two RIRs (one FFT fewer than two
+    # scipy.signal.fftconvolve calls); linear, not circular: nfft >= len(speech) + len(rir) - 1
+    nfft = sp_fft.next_fast_len(n + len(rir) - 1, real=True)
+    spectrum = sp_fft.rfft(speech, nfft)
+    reverberant = sp_fft.irfft(spectrum * sp_fft.rfft(rir, nfft), nfft)[d : d + n]
+    target = sp_fft.irfft(spectrum * sp_fft.rfft(early, nfft), nfft)[d : d + n]
     return reverberant, target
 
 
@@ -323,7 +339,7 @@ def bandwidth_limit(x: np.ndarray, fs: int, rate: int) -> np.ndarray:
     """Down-sampling to ``rate`` and back to ``fs`` (se.resample.resample): nothing is left
     above rate / 2."""
     y = resample(resample(x, fs, rate), rate, fs)
-    return _fit(y, len(x))
+    return _fit(y, len(x)).astype(x.dtype, copy=False)
 
 
 def clip(x: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
@@ -339,13 +355,15 @@ def codec(x: np.ndarray, fs: int, fmt: str, compression_level: float) -> np.ndar
     [-1, 1]) and scaled back; the output has the input's length.
     """
     container, subtype = CODECS[fmt]
+    if fmt == "mp3":  # libsndfile rejects level 1.0 for MP3 (its lowest bitrate step)
+        compression_level = min(compression_level, 0.99)
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
     scale = max(1.0, peak / 0.9)
     buf = io.BytesIO()
     sf.write(buf, x / scale, fs, format=container, subtype=subtype, compression_level=compression_level)
     buf.seek(0)
-    y, _ = sf.read(buf, dtype="float64", always_2d=False)
-    return _fit(y, len(x)) * scale
+    y, _ = sf.read(buf, dtype="float32", always_2d=False)
+    return (_fit(y, len(x)) * scale).astype(x.dtype, copy=False)
 
 
 def packet_loss(x: np.ndarray, fs: int, lost: np.ndarray, frame_ms: float) -> np.ndarray:
@@ -365,7 +383,8 @@ def scale_level(noisy: np.ndarray, target: np.ndarray, level_dbfs: float) -> tup
     peak = max(float(np.max(np.abs(noisy), initial=0.0)), float(np.max(np.abs(target), initial=0.0)))
     if peak * gain > FULL_SCALE:
         gain = FULL_SCALE / peak
-    return noisy * gain, target * gain, gain
+    # products in float64, then back: rounding never lifts a sample above FULL_SCALE (representable)
+    return (noisy * np.float64(gain)).astype(noisy.dtype), (target * np.float64(gain)).astype(target.dtype), gain
 
 
 def _fit(x: np.ndarray, n: int) -> np.ndarray:
@@ -426,14 +445,16 @@ class Simulator:
         return s, int(rng.integers(0, len(sources[s][1])))
 
     def _read(self, src: SourceDir, i: int, start: int, frames: int, mono: bool = True) -> np.ndarray:
-        x, _ = read_audio(src.paths[i], start=start, frames=frames, expected_rate=self.fs, mono=mono,
-                          where=src.where(i))
+        try:
+            x, _ = read_audio(src.paths[i], start=start, frames=frames, expected_rate=self.fs, mono=mono)
+        except AudioError as exc:  # the scp line is looked up only on errors (large lists)
+            raise AudioError(f"{exc} ({src.where(i)})") from None
         if len(x) != frames and frames >= 0:
             raise AudioError(
                 f"{src.paths[i]} ({src.where(i)}): read {len(x)} samples at {start}, expected {frames}; "
                 f"{src.path}/utt2num_samples is stale (re-run data preparation)"
             )
-        return x.astype(np.float64)
+        return x
 
     def crop_speech(self, rng: np.random.Generator, length: int | None) -> tuple[np.ndarray, dict]:
         """A random segment of ``length`` samples (None: the whole file), zero-padded at the end."""
@@ -473,7 +494,7 @@ class Simulator:
         return h, {"rir_source": s, "rir_id": src.ids[i], "rir_samples": len(h)}
 
     def simulate(self, rng: np.random.Generator, length: int | None) -> tuple[np.ndarray, np.ndarray, dict]:
-        """One item: (noisy, target, draws), float64 arrays of ``length`` samples (None: the
+        """One item: (noisy, target, draws), float32 arrays of ``length`` samples (None: the
         length of the drawn speech file). ``draws`` always has the same keys (None = not drawn)."""
         c = self.config
         t = self.stage_seconds
@@ -601,8 +622,7 @@ class SimulatedDataset(torch.utils.data.Dataset):
 
         rng = item_rng(self.seed, self.epoch, index)
         noisy, target, draws = self.simulator.simulate(rng, self.segment)
-        noisy = noisy.astype(np.float32)
-        item = {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(target.astype(np.float32)),
+        item = {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(target),
                 "index": index, "draws": draws}
         if self.features is not None:
             item["features"] = self.features(noisy, rng)

@@ -19,7 +19,7 @@ tag=                   # experiment name; default <network>
 train_args=            # extra training options (shell quoting), e.g. "--max_epoch 2 --batch_size 4"
 metrics=all            # metrics of the scoring stage (se.bin.score --metrics), e.g. "pesq_wb,stoi,si_sdr"
 simulate=false         # true: train on noise, RIRs and channel effects simulated on the fly (conf/train_sim_<network>.yaml)
-num_rirs=20            # --simulate true: pyroomacoustics RIRs for training (valid/test get a quarter each)
+num_rirs=20            # --simulate true: number of pyroomacoustics RIRs (local/simulate_rirs.py)
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
 
@@ -74,21 +74,17 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
       python -m se.bin.make_source_dir --audio-dir "$corpus/$set/clean" --out "$data/speech_$set" --fs "$fs"
       python -m se.bin.make_source_dir --audio-dir "$corpus/$set/noise" --out "$data/noise_$set" --fs "$fs"
     done
-    seed=0
-    for set in train valid test; do
-      n=$num_rirs; [ $set = train ] || n=$(( (num_rirs + 3) / 4 ))
-      if [ -f "$data/rir_$set/wav.scp" ] && [ "$(wc -l < "$data/rir_$set/wav.scp")" -eq "$n" ]; then
-        log "$data/rir_$set has $n RIRs, skipping"
-      else
-        python "$SE_ROOT/local/simulate_rirs.py" --fs "$fs" --num "$n" --seed $seed --out-dir "$data/rir_$set"
-      fi
-      seed=$((seed + 1))
-    done
-    # fixed validation and test sets: the training block's settings with held-out sources
+    # one set of simulated rooms for all sets (a real corpus holds RIRs out, see egs/dns_challenge)
+    if [ -f "$data/rir/wav.scp" ] && [ "$(wc -l < "$data/rir/wav.scp")" -eq "$num_rirs" ]; then
+      log "$data/rir has $num_rirs RIRs, skipping"
+    else
+      python "$SE_ROOT/local/simulate_rirs.py" --fs "$fs" --num "$num_rirs" --seed 0 --out-dir "$data/rir"
+    fi
+    # fixed validation and test sets: the training block's settings with held-out speech and noise
     seed=1
     for set in valid test; do
       python -m se.bin.simulate --config "$conf" --seed $seed --num 8 --out-dir "$data/${set}_sim" --overwrite \
-        --speech "$data/speech_$set" --noise "$data/noise_$set" --rir "$data/rir_$set" --prefix "mini_${set}_sim"
+        --speech "$data/speech_$set" --noise "$data/noise_$set" --prefix "mini_${set}_sim"
       seed=$((seed + 1))
     done
   fi

@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         exp_dir.mkdir(parents=True, exist_ok=True)
         train_dir, valid_dir = args.train_data, args.valid_data
         if conf["simulation"]:
+            from se.simulation import parse_config
+
+            parse_config(conf["simulation"], args.config or "command line")  # bad keys: error naming the file
             if train_dir:
                 raise config_lib.ConfigError(
                     "--train-data and a simulation: block in the config exclude each other (the block "
