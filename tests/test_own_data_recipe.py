@@ -31,7 +31,7 @@ def test_own_data_recipe_end_to_end(tmp_path):
     recipe = copy_recipe(tmp_path, "own_data")
     env = dict(os.environ, OMP_NUM_THREADS="2")
     args = ["--speech_dir", str(speech), "--noise_dir", str(noise), "--utt2spk_regex", "^([^/]+)/",
-            "--valid_fraction", "0.2", "--test_fraction", "0.2", "--num_rirs", "4", "--num_valid", "2",
+            "--valid_fraction", "0.2", "--test_fraction", "0.2", "--num_rirs", "6", "--num_valid", "2",
             "--num_test", "3", "--sim_length", "1", "--nj", "1", "--metrics", "si_sdr,lsd",
             "--train_args", TINY_FRCRN_ARGS]  # fmt: skip
     res = subprocess.run(["bash", str(recipe / "run.sh"), *args], capture_output=True, text=True, env=env, timeout=600)
@@ -44,7 +44,7 @@ def test_own_data_recipe_end_to_end(tmp_path):
     src = SourceDir(data / "speech_train")
     assert src.sampling_rate == 16000 and all(sf.info(p).samplerate == 16000 for p in src.paths)
     assert all(p.startswith(str(recipe / "dump")) for p in src.paths)  # resampled once, into the dump
-    assert len(SourceDir(data / "rir_train")) == 4 and len(SourceDir(data / "rir_test")) == 1
+    assert [len(SourceDir(data / f"rir_{s}")) for s in ("train", "valid", "test")] == [4, 1, 1]
     test = DataDir(data / "test_sim")
     assert len(test) == 3 and test.sampling_rate == 16000
     results = (recipe / "exp/FRCRN_SE_16K/RESULTS.md").read_text()

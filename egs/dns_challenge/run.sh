@@ -31,7 +31,7 @@ rates="16000 48000"     # sample rates of the source dirs (each resampled once, 
 valid_fraction=0.02     # share of speakers (clean) and of files (noise, RIRs) held out for validation
 test_fraction=0.02      # ... and for the simulated test set
 speaker_regex=          # speaker patterns per subset, e.g. "german_speech=spk_(\d+)" (space separated)
-num_rirs=500            # simulated RIRs (pyroomacoustics) for training when impulse_responses is not used
+num_rirs=500            # simulated RIRs (pyroomacoustics, split like the corpus RIRs) when impulse_responses is not used
 num_valid=200           # utterances of the fixed simulated validation set
 num_test=200            # utterances of the fixed simulated test set
 sim_length=4            # seconds per simulated valid/test utterance (0: whole speech files)
@@ -101,15 +101,12 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
       "${regex_opts[@]}" --nj "$nj"
     case " $subsets " in
       *" impulse_responses "*) ;;
-      *)  # no RIR corpus: simulated rooms (the same rooms at every rate: same seeds)
+      *)  # no RIR corpus: simulated rooms (the same rooms at every rate), split by file
         for rate in $rates; do
-          seed=0
-          for set in train valid test; do
-            n=$num_rirs; [ $set = train ] || n=$(( (num_rirs + 9) / 10 ))
-            python "$SE_ROOT/local/simulate_rirs.py" --fs "$rate" --num "$n" --seed $seed \
-              --out-dir "data/$((rate / 1000))k/rir_$set"
-            seed=$((seed + 1))
-          done
+          python "$SE_ROOT/local/simulate_rirs.py" --fs "$rate" --num "$num_rirs" --seed 0 \
+            --out-dir "$dumpdir/$((rate / 1000))k/rir_sim"
+          python -m se.bin.make_source_dir --audio-dir "$dumpdir/$((rate / 1000))k/rir_sim/wav" --fs "$rate" \
+            --out "data/$((rate / 1000))k/rir" --holdout "$valid_fraction" "$test_fraction"
         done ;;
     esac
     mark_done data/.stage1.done "$data_sig"

@@ -26,7 +26,7 @@ utt2spk_regex=          # speaker in a speech file's relative path (group 1), e.
 network=FRCRN_SE_16K    # FRCRN_SE_16K or MossFormerGAN_SE_16K (16 kHz), MossFormer2_SE_48K (48 kHz)
 valid_fraction=0.05     # share of speakers (or files) and of noises / RIRs held out for validation
 test_fraction=0.05      # ... and for the test set
-num_rirs=200            # simulated RIRs for training without --rir_dir (valid/test get a tenth each)
+num_rirs=200            # simulated RIRs without --rir_dir (split into train/valid/test like a RIR folder)
 num_valid=100           # utterances of the fixed simulated validation set
 num_test=100            # utterances of the fixed simulated test set
 sim_length=4            # seconds per simulated valid/test utterance (0: whole speech files)
@@ -89,12 +89,9 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
       python -m se.bin.make_source_dir --audio-dir "$rir_dir" --out "$data/rir" "${split[@]}" --first-channel \
         --resample-dir "$dumpdir/$fs/rir"
     else
-      seed=0
-      for set in train valid test; do
-        n=$num_rirs; [ $set = train ] || n=$(( (num_rirs + 9) / 10 ))
-        python "$SE_ROOT/local/simulate_rirs.py" --fs "$fs" --num "$n" --seed $seed --out-dir "$data/rir_$set"
-        seed=$((seed + 1))
-      done
+      # simulated rooms, split by file like a RIR folder
+      python "$SE_ROOT/local/simulate_rirs.py" --fs "$fs" --num "$num_rirs" --seed 0 --out-dir "$dumpdir/$fs/rir_sim"
+      python -m se.bin.make_source_dir --audio-dir "$dumpdir/$fs/rir_sim/wav" --out "$data/rir" "${split[@]}"
     fi
     mark_done "$data/.stage1.done" "$data_sig"
   fi
