@@ -182,7 +182,7 @@ def make_source_dir(
             paths[s.id] = str(dst)
             subtype = "FLOAT" if first_channel else "PCM_16"  # RIR tails need more than 16 bits
             jobs.append((s.path, str(dst), fs, subtype))
-    log.info("%d files at %s; %d used as they are, %d to resample/extract to %d Hz mono in %s",
+    log.info("%d files (%s): %d used as they are, %d to resample/extract to %d Hz mono in %s",
              len(sources), ", ".join(f"{r} Hz: {n}" for r, n in sorted(rates.items())),
              len(sources) - len(jobs), len(jobs), fs, rdir)
     if jobs:
@@ -227,7 +227,8 @@ def main(argv=None) -> int:
             if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
                 raise DataDirError(f"--holdout {valid} {test}: fractions must be in [0, 1) with a sum below 1")
             parts = {f"_{k}": v for k, v in split_sources(sources, utt2spk, valid, test, args.seed).items()}
-            empty = [k[1:] for k, v in parts.items() if not v and (k == "_train" or args.holdout[k == "_test"] > 0)]
+            wanted = {"_train": 1.0, "_valid": valid, "_test": test}
+            empty = [k[1:] for k, v in parts.items() if not v and wanted[k] > 0]
             if empty:
                 unit = "speakers" if utt2spk else "files"
                 raise DataDirError(f"{args.audio_dir[0]}: too few {unit} ({len(sources)} files) for a "
