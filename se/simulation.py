@@ -56,7 +56,7 @@ import soundfile as sf
 import torch
 from scipy import fft as sp_fft
 
-from se.audio import AudioError, read_audio
+from se.audio import AudioError, norm_gain, read_audio
 from se.data import SourceDir
 from se.resample import resample
 
@@ -127,6 +127,7 @@ class SimulationConfig:
     p_reverb: float = 0.3
     early_reflection_ms: float = 50.0
     level_dbfs: list = field(default_factory=lambda: [-35.0, -15.0])
+    normalize: bool = True  # training items: one gain to -25 dB like paired data (se.audio.norm_gain)
     bandwidth_limitation: BandwidthLimitation = field(default_factory=BandwidthLimitation)
     clipping: Clipping = field(default_factory=Clipping)
     codec: Codec = field(default_factory=Codec)
@@ -220,6 +221,10 @@ def parse_config(block: dict, where: str = "config", base: str | Path | None = N
         conf.early_reflection_ms = _number(block["early_reflection_ms"], "early_reflection_ms", where, 0.0)
     if "level_dbfs" in block:
         conf.level_dbfs = _range(block["level_dbfs"], "level_dbfs", where, None, 0.0)
+    if "normalize" in block:
+        if not isinstance(block["normalize"], bool):
+            raise SimulationError(f"{where}: simulation.normalize must be true or false, got {block['normalize']!r}")
+        conf.normalize = block["normalize"]
     if conf.p_reverb > 0 and not conf.rir:
         raise SimulationError(
             f"{where}: simulation.p_reverb is {conf.p_reverb} but no simulation.rir sources are given "
@@ -600,7 +605,10 @@ class SimulatedDataset(torch.utils.data.Dataset):
 
     Item ``index`` of epoch ``e`` is ``simulator.simulate(item_rng(seed, e, index), segment)``:
     a pure function of (seed, epoch, index). ``len`` is ``items_per_epoch`` (0: the number of
-    speech files).
+    speech files). With ``normalize`` (the default) the pair is then multiplied by the gain that
+    brings the noisy input to -25 dB (se.audio.norm_gain), as SegmentDataset does with paired
+    data and se.enhance does at inference; the drawn level then only shapes the sets written by
+    se.bin.simulate (``normalize: false`` trains on the drawn levels).
     """
 
     def __init__(self, simulator: Simulator, segment: int, seed: int = 0, features=None):
@@ -622,6 +630,9 @@ class SimulatedDataset(torch.utils.data.Dataset):
 
         rng = item_rng(self.seed, self.epoch, index)
         noisy, target, draws = self.simulator.simulate(rng, self.segment)
+        if self.simulator.config.normalize:
+            draws["train_gain"] = gain = norm_gain(noisy)
+            noisy, target = (noisy * gain).astype(np.float32), (target * gain).astype(np.float32)
         item = {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(target),
                 "index": index, "draws": draws}
         if self.features is not None:
