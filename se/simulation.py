@@ -12,6 +12,7 @@ simulated degradations")::
       p_reverb: 0.3
       early_reflection_ms: 50
       level_dbfs: [-35, -15]
+      normalize: true             # training items then at -25 dB, like paired data
       bandwidth_limitation: {p: 0.1, rates: [8000, 16000, 22050, 24000, 32000]}
       clipping: {p: 0.1, threshold: [0.1, 0.9]}
       codec: {p: 0.1, formats: [mp3, vorbis, opus], compression_level: [0.0, 1.0]}
@@ -26,7 +27,8 @@ One item is made by ``Simulator.simulate(rng, length)`` in stages, each its own 
    peak + ``early_reflection_ms``). Both are advanced by the direct-path delay, so input, target
    and dry speech are time-aligned.
 3. ``read_noise``: random noise files concatenated and cropped to ``length``; ``mix_at_snr``
-   scales them so that the SNR on ACTIVE speech (``active_frames``) is the drawn SNR.
+   scales them so that the SNR on ACTIVE speech (``active_frames``: 20 ms frames within 40 dB
+   of the loudest frame) is the drawn SNR. (The noise is read before the RIR is drawn.)
 4. Channel effects on the noisy signal only, each with its own probability, in this order:
    ``bandwidth_limit`` (down- and up-sampling through se.resample.resample), ``clip``,
    ``codec`` (MP3 / Ogg-Vorbis / Ogg-Opus through libsndfile, in memory), ``packet_loss``
@@ -37,7 +39,11 @@ One item is made by ``Simulator.simulate(rng, length)`` in stages, each its own 
 Every draw comes from the ``rng`` passed in, which the training dataset makes with
 ``se.data.item_rng(seed, epoch, index)``: an item never depends on the worker, the rank or the
 point where training resumed. The draws are returned with the signals (a flat dict, one value
-per key, the columns of se.bin.simulate's simulation.tsv).
+per key, the columns of se.bin.simulate's simulation.tsv). Nothing is cached between items;
+only the needed part of each speech and noise file is read (soundfile start/frames).
+
+``SimulatedDataset`` serves the items to the trainer (a ``simulation:`` block in the config
+replaces --train-data); ``se.bin.simulate`` writes fixed validation/test sets with the same code.
 """
 
 from __future__ import annotations
