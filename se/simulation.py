@@ -12,6 +12,7 @@ simulated degradations")::
       p_reverb: 0.3
       early_reflection_ms: 50
       level_dbfs: [-35, -15]
+      normalize: true             # training items then at -25 dB, like paired data
       bandwidth_limitation: {p: 0.1, rates: [8000, 16000, 22050, 24000, 32000]}
       clipping: {p: 0.1, threshold: [0.1, 0.9]}
       codec: {p: 0.1, formats: [mp3, vorbis, opus], compression_level: [0.0, 1.0]}
@@ -26,7 +27,8 @@ One item is made by ``Simulator.simulate(rng, length)`` in stages, each its own 
    peak + ``early_reflection_ms``). Both are advanced by the direct-path delay, so input, target
    and dry speech are time-aligned.
 3. ``read_noise``: random noise files concatenated and cropped to ``length``; ``mix_at_snr``
-   scales them so that the SNR on ACTIVE speech (``active_frames``) is the drawn SNR.
+   scales them so that the SNR on ACTIVE speech (``active_frames``: 20 ms frames within 40 dB
+   of the loudest frame) is the drawn SNR. (The noise is read before the RIR is drawn.)
 4. Channel effects on the noisy signal only, each with its own probability, in this order:
    ``bandwidth_limit`` (down- and up-sampling through se.resample.resample), ``clip``,
    ``codec`` (MP3 / Ogg-Vorbis / Ogg-Opus through libsndfile, in memory), ``packet_loss``
@@ -37,7 +39,11 @@ One item is made by ``Simulator.simulate(rng, length)`` in stages, each its own 
 Every draw comes from the ``rng`` passed in, which the training dataset makes with
 ``se.data.item_rng(seed, epoch, index)``: an item never depends on the worker, the rank or the
 point where training resumed. The draws are returned with the signals (a flat dict, one value
-per key, the columns of se.bin.simulate's simulation.tsv).
+per key, the columns of se.bin.simulate's simulation.tsv). Nothing is cached between items;
+only the needed part of each speech and noise file is read (soundfile start/frames).
+
+``SimulatedDataset`` serves the items to the trainer (a ``simulation:`` block in the config
+replaces --train-data); ``se.bin.simulate`` writes fixed validation/test sets with the same code.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ import soundfile as sf
 import torch
 from scipy import fft as sp_fft
 
-from se.audio import AudioError, read_audio
+from se.audio import AudioError, norm_gain, read_audio
 from se.data import SourceDir
 from se.resample import resample
 
@@ -127,6 +133,7 @@ class SimulationConfig:
     p_reverb: float = 0.3
     early_reflection_ms: float = 50.0
     level_dbfs: list = field(default_factory=lambda: [-35.0, -15.0])
+    normalize: bool = True  # training items: one gain to -25 dB like paired data (se.audio.norm_gain)
     bandwidth_limitation: BandwidthLimitation = field(default_factory=BandwidthLimitation)
     clipping: Clipping = field(default_factory=Clipping)
     codec: Codec = field(default_factory=Codec)
@@ -220,6 +227,10 @@ def parse_config(block: dict, where: str = "config", base: str | Path | None = N
         conf.early_reflection_ms = _number(block["early_reflection_ms"], "early_reflection_ms", where, 0.0)
     if "level_dbfs" in block:
         conf.level_dbfs = _range(block["level_dbfs"], "level_dbfs", where, None, 0.0)
+    if "normalize" in block:
+        if not isinstance(block["normalize"], bool):
+            raise SimulationError(f"{where}: simulation.normalize must be true or false, got {block['normalize']!r}")
+        conf.normalize = block["normalize"]
     if conf.p_reverb > 0 and not conf.rir:
         raise SimulationError(
             f"{where}: simulation.p_reverb is {conf.p_reverb} but no simulation.rir sources are given "
@@ -600,7 +611,10 @@ class SimulatedDataset(torch.utils.data.Dataset):
 
     Item ``index`` of epoch ``e`` is ``simulator.simulate(item_rng(seed, e, index), segment)``:
     a pure function of (seed, epoch, index). ``len`` is ``items_per_epoch`` (0: the number of
-    speech files).
+    speech files). With ``normalize`` (the default) the pair is then multiplied by the gain that
+    brings the noisy input to -25 dB (se.audio.norm_gain), as SegmentDataset does with paired
+    data and se.enhance does at inference; the drawn level then only shapes the sets written by
+    se.bin.simulate (``normalize: false`` trains on the drawn levels).
     """
 
     def __init__(self, simulator: Simulator, segment: int, seed: int = 0, features=None):
@@ -622,6 +636,9 @@ class SimulatedDataset(torch.utils.data.Dataset):
 
         rng = item_rng(self.seed, self.epoch, index)
         noisy, target, draws = self.simulator.simulate(rng, self.segment)
+        if self.simulator.config.normalize:
+            draws["train_gain"] = gain = norm_gain(noisy)
+            noisy, target = (noisy * gain).astype(np.float32), (target * gain).astype(np.float32)
         item = {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(target),
                 "index": index, "draws": draws}
         if self.features is not None:

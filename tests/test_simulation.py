@@ -326,7 +326,7 @@ def test_train_cli_takes_the_block_instead_of_train_data(sources, tmp_path, caps
     assert f"{conf}: unknown key simulation.snr." in capsys.readouterr().err
 
 
-def test_unreadable_source_file_names_the_scp_line(sources, tmp_path):
+def test_unreadable_source_file_names_the_scp_line(sources, tmp_path, caplog):
     speech = SourceDir(sources / "speech_dir")
     paths = dict(zip(speech.ids, speech.paths))
     broken = tmp_path / "broken.wav"
@@ -337,3 +337,30 @@ def test_unreadable_source_file_names_the_scp_line(sources, tmp_path):
     with pytest.raises(AudioError, match=r"broken.wav: not a readable audio file .*\(.*speech_dir/wav.scp line 3\)"):
         for i in range(20):
             sim.simulate(item_rng(0, 0, i), FS)
+    # se.bin.simulate: one error line, and the audio it had written is removed (no half-written set)
+    conf = tmp_path / "sim.yaml"
+    conf.write_text("speech: [{data: %s}]\nnoise: [{data: %s}]\np_reverb: 0\n"
+                    % (tmp_path / "speech_dir", sources / "noise_dir"))
+    out = tmp_path / "set"
+    caplog.set_level(logging.INFO)
+    assert simulate_cli.main(["--config", str(conf), "--seed", "0", "--num", "20", "--out-dir", str(out)]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "wav.scp line 3" in errors[0]
+    assert out.is_dir() and not any(out.iterdir())
+
+
+def test_training_items_are_normalised_like_paired_data(sources):
+    from se.audio import norm_gain
+
+    raw = SimulatedDataset(simulator(sources, normalize=False, level_dbfs=[-40, -10]), FS, seed=2)
+    normed = SimulatedDataset(simulator(sources, level_dbfs=[-40, -10]), FS, seed=2)
+    levels = []
+    for i in range(4):
+        a, b = raw[i], normed[i]
+        gain = norm_gain(a["noisy"].numpy())
+        assert b["draws"]["train_gain"] == pytest.approx(gain, rel=1e-6)
+        assert torch.allclose(b["noisy"], a["noisy"] * gain, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(b["clean"], a["clean"] * gain, rtol=1e-5, atol=1e-7)  # one gain: the SNR is kept
+        assert norm_gain(b["noisy"].numpy()) == pytest.approx(1.0, rel=1e-4)  # at -25 dB already
+        levels.append(20 * np.log10(a["noisy"].norm().item() / np.sqrt(FS)))
+    assert max(levels) - min(levels) > 3  # the raw items keep their drawn levels

@@ -93,21 +93,26 @@ def run(args) -> int:
     width = max(4, len(str(args.num - 1)))
     rows, noisy_scp, clean_scp, lengths = [], {}, {}, {}
     t_start = last = time.time()
-    for i in range(args.num):
-        noisy, target, draws = sim.simulate(item_rng(args.seed, 0, i), length)
-        utt = f"{args.prefix}_{i:0{width}d}"
-        npath, cpath = out / "noisy" / f"{utt}.wav", out / "clean" / f"{utt}.wav"
-        write_audio(npath, noisy, fs, "FLOAT")
-        write_audio(cpath, target, fs, "FLOAT")
-        noisy32, target32 = noisy.astype(np.float32), target.astype(np.float32)  # what the files hold
-        measured = snr_on_active(target32.astype(np.float64), (noisy32 - target32).astype(np.float64), fs)
-        rows.append({"utt": utt, **draws, "measured_snr_db": measured})
-        noisy_scp[utt], clean_scp[utt], lengths[utt] = npath.resolve(), cpath.resolve(), len(noisy)
-        now = time.time()
-        if now - last >= 10 or i + 1 == args.num:
-            last = now
-            eta = (now - t_start) / (i + 1) * (args.num - i - 1)
-            log.info("%d/%d utterances, %.1f s elapsed, ETA %.0f s", i + 1, args.num, now - t_start, eta)
+    try:
+        for i in range(args.num):
+            noisy, target, draws = sim.simulate(item_rng(args.seed, 0, i), length)  # float32, as written
+            utt = f"{args.prefix}_{i:0{width}d}"
+            npath, cpath = out / "noisy" / f"{utt}.wav", out / "clean" / f"{utt}.wav"
+            write_audio(npath, noisy, fs, "FLOAT")
+            write_audio(cpath, target, fs, "FLOAT")
+            clean64 = target.astype(np.float64)
+            measured = snr_on_active(clean64, noisy.astype(np.float64) - clean64, fs)
+            rows.append({"utt": utt, **draws, "measured_snr_db": measured})
+            noisy_scp[utt], clean_scp[utt], lengths[utt] = npath.resolve(), cpath.resolve(), len(noisy)
+            now = time.time()
+            if now - last >= 10 or i + 1 == args.num:
+                last = now
+                eta = (now - t_start) / (i + 1) * (args.num - i - 1)
+                log.info("%d/%d utterances, %.1f s elapsed, ETA %.0f s", i + 1, args.num, now - t_start, eta)
+    except BaseException:
+        for name in ("noisy", "clean"):  # no half-written set
+            shutil.rmtree(out / name, ignore_errors=True)
+        raise
 
     columns = list(rows[0])
     text = "\t".join(columns) + "\n" + "".join("\t".join(tsv_value(r[c]) for c in columns) + "\n" for r in rows)
