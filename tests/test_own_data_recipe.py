@@ -49,3 +49,17 @@ def test_own_data_recipe_end_to_end(tmp_path):
     assert len(test) == 3 and test.sampling_rate == 16000
     results = (recipe / "exp/FRCRN_SE_16K/RESULTS.md").read_text()
     assert "| noisy (input) | 3 |" in results and "| enhanced | 3 |" in results and "lsd" in results
+
+    # fine-tuning: --init with a ClearVoice release-format file ({'model': state} with 'module.' keys)
+    import torch
+
+    from se.checkpoint import read_pointer, torch_load
+
+    best = torch_load(read_pointer(recipe / "exp/FRCRN_SE_16K", "last_best_checkpoint"))
+    release = tmp_path / "FRCRN_SE_16K_release.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in best["model"].items()}}, release)
+    res = subprocess.run(["bash", str(recipe / "run.sh"), *args, "--stage", "3", "--stop_stage", "3", "--init",
+                          str(release), "--tag", "ft"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    train_log = (recipe / "exp/ft/log/train.log").read_text()
+    assert f"init from {release}" in train_log and "loaded 100.0% of the trainable parameters" in train_log
