@@ -3,7 +3,9 @@
 
     local/make_mini_corpus.py --out-dir downloads/mini --fs 16000
 
-Layout: <out-dir>/<set>/{noisy,clean}/<utt>.wav for set in train, valid, test.
+Layout: <out-dir>/<set>/{noisy,clean,noise}/<utt>.wav for set in train, valid, test
+(noise/ holds the noise as mixed: noisy = clean + noise; the simulated-training path of
+egs/mini uses clean/ and noise/ as speech and noise sources).
 "Speech": harmonics of a moving f0 (glides + vibrato) with per-syllable formant weighting,
 syllable envelopes and pauses. Noises: white, pink, brown, babble (other synthetic talkers),
 mains hum with harmonics and amplitude-modulated bursts, mixed at -5..15 dB SNR.
@@ -96,6 +98,7 @@ def _main(argv: list[str]) -> int:
             utt = f"mini_{s}_{i:03d}"
             write_audio(out / s / "clean" / f"{utt}.wav", clean, args.fs, "FLOAT")
             write_audio(out / s / "noisy" / f"{utt}.wav", clean + nz, args.fs, "FLOAT")
+            write_audio(out / s / "noise" / f"{utt}.wav", nz, args.fs, "FLOAT")
     print(f"wrote {sum(c for c, _ in SETS.values())} noisy/clean pairs at {args.fs} Hz under {out}")
     return 0
 

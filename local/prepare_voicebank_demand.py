@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import shutil
 import sys
-import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from se import cli  # noqa: E402
-from se.audio import audio_info, read_audio, write_audio  # noqa: E402
-from se.resample import resample  # noqa: E402
+from se.audio import audio_info  # noqa: E402
+from se.resample import resample_files  # noqa: E402
 
 # se.data (and torch with it) is imported for `prepare` and `unpack` only: verifying stays quick.
 
@@ -169,39 +167,6 @@ def dump_path(dump_dir: Path, rate: int, path: str) -> str:
     return str(dump_dir / rate_tag(rate) / p.parent.name / p.name)
 
 
-def _resample_file(job: tuple[str, str, int]) -> tuple[str, int]:
-    src, dst, rate = job
-    x, rate_in = read_audio(src)
-    return dst, write_audio(dst, resample(x, rate_in, rate), rate)
-
-
-def resample_files(jobs: list[tuple[str, str, int]], nj: int) -> None:
-    """Resample src -> dst for every job not done yet, in ``nj`` processes, logging progress and ETA."""
-    todo = [j for j in jobs if not Path(j[1]).is_file()]  # files are written atomically: present = done
-    if len(todo) < len(jobs):
-        log.info("%d of %d files already resampled (kept)", len(jobs) - len(todo), len(jobs))
-    if not todo:
-        return
-    for d in {str(Path(j[1]).parent) for j in todo}:
-        Path(d).mkdir(parents=True, exist_ok=True)
-    nj = max(1, min(nj, len(todo)))
-    log.info("resampling %d files to %d Hz (soxr VHQ) in %d processes", len(todo), todo[0][2], nj)
-    t0, clipped, last_log = time.time(), [], 0.0
-    with multiprocessing.get_context("fork").Pool(nj) as pool:
-        for done, (dst, n_clipped) in enumerate(pool.imap_unordered(_resample_file, todo, chunksize=4), 1):
-            if n_clipped:
-                clipped.append((dst, n_clipped))
-            elapsed = time.time() - t0
-            if done == len(todo) or elapsed - last_log >= 10:
-                last_log = elapsed
-                eta = elapsed / done * (len(todo) - done)
-                log.info("resampled %d/%d files (%.0f%%), elapsed %.0f s, ETA %.0f s",
-                         done, len(todo), 100 * done / len(todo), elapsed, eta)
-    if clipped:
-        log.warning("%d resampled files had samples beyond full scale, limited when written as PCM_16 "
-                    "(e.g. %s: %d samples)", len(clipped), clipped[0][0], clipped[0][1])
-
-
 def prepare(root: Path, out_dir: Path, dump_dir: Path, valid_speakers: list[str], rates: list[int],
             sets: list[str], nj: int) -> None:
     from se.bin.make_data_dir import pairs_from_dirs
@@ -224,7 +189,7 @@ def prepare(root: Path, out_dir: Path, dump_dir: Path, valid_speakers: list[str]
                        for s, ps in pairs.items()}
             jobs = [(src, dst, rate) for s in sets for u in pairs[s]
                     for src, dst in zip(pairs[s][u], at_rate[s][u])]
-            resample_files(jobs, nj)
+            resample_files(jobs, nj, log)
         for s in sets:
             data = make_data_dir(at_rate[s], out_dir / rate_tag(rate) / s, rate)
             log.info("%s: %d utterances at %d Hz", data.path, len(data), rate)

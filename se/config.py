@@ -40,6 +40,7 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "effec_batch_size": (4, "batch per update over all processes and accumulation steps"),
     "num_workers": (2, "data loader worker processes"),
     "seed": (777, "seed of weights, data order and crops"),
+    "simulation": ({}, "on-the-fly degradation simulation (se/simulation.py); empty = paired data dirs"),
     # optimisation
     "optimizer": ("adam", "adam or adamw"),
     "init_learning_rate": (1e-3, "learning rate when training from scratch"),

@@ -151,6 +151,82 @@ class DataDir:
         return f"{scp} line {scp_line(scp, utt)}"
 
 
+class SourceDir:
+    """A source data directory: one signal per id (clean speech, noise or room impulse responses).
+
+    * ``wav.scp``          ``<id> <absolute path>``
+    * ``utt2num_samples``  ``<id> <number of samples>``
+    * ``fs``               the sample rate of every file (one line)
+    * ``utt2spk``          optional, ``<id> <speaker>`` (speech)
+
+    Files are mono at ``fs`` (of multi-channel RIR files channel 0 is used). Nothing is
+    opened here; ``ids``/``paths``/``num_samples`` are aligned lists sorted by id.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise DataDirError(f"{self.path}: source data directory not found (run the data preparation stage)")
+        self.wav_scp = self.path / "wav.scp"
+        lengths_file = self.path / "utt2num_samples"
+        wavs = read_scp(self.wav_scp)
+        lengths = read_scp(lengths_file)
+        if not wavs:
+            raise DataDirError(f"{self.wav_scp}: no entries")
+        fs_file = self.path / "fs"
+        if not fs_file.is_file():
+            raise DataDirError(f"{fs_file}: not found (one line: the sample rate of every file)")
+        fs_text = fs_file.read_text().split()
+        if not fs_text or not fs_text[0].isdigit() or int(fs_text[0]) <= 0:
+            raise DataDirError(f"{fs_file} line 1: expected a sample rate in Hz, got {' '.join(fs_text)!r}")
+        self.sampling_rate = int(fs_text[0])
+        self.ids = sorted(wavs)
+        self.paths = [wavs[i] for i in self.ids]
+        self.num_samples: list[int] = []
+        for i in self.ids:
+            if i not in lengths:
+                raise DataDirError(
+                    f"{self.wav_scp} line {scp_line(self.wav_scp, i)}: {i} is missing from {lengths_file} "
+                    "(re-run the data preparation stage)"
+                )
+            value = lengths[i]
+            if not value.isdigit() or int(value) <= 0:
+                raise DataDirError(
+                    f"{lengths_file} line {scp_line(lengths_file, i)}: expected a positive sample count, "
+                    f"got {value!r}"
+                )
+            self.num_samples.append(int(value))
+        for i in lengths:
+            if i not in wavs:
+                raise DataDirError(f"{lengths_file} line {scp_line(lengths_file, i)}: {i} is not in {self.wav_scp}")
+        spk_file = self.path / "utt2spk"
+        self.utt2spk = read_scp(spk_file) if spk_file.is_file() else {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def where(self, index: int) -> str:
+        return f"{self.wav_scp} line {scp_line(self.wav_scp, self.ids[index])}"
+
+
+def write_source_dir(out_dir: str | Path, paths: dict[str, str], num_samples: dict[str, int], fs: int,
+                     utt2spk: dict[str, str] | None = None) -> SourceDir:
+    """Writes a source data dir (see SourceDir) from ``{id: path}`` and ``{id: samples}``;
+    paths are made absolute. Returns it read back."""
+    from se.checkpoint import atomic_write_text
+
+    if not paths:
+        raise DataDirError(f"{out_dir}: no signals to write")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_scp(out_dir / "utt2num_samples", {k: int(num_samples[k]) for k in paths})
+    atomic_write_text(out_dir / "fs", f"{int(fs)}\n")
+    if utt2spk:
+        write_scp(out_dir / "utt2spk", {k: utt2spk[k] for k in paths})
+    write_scp(out_dir / "wav.scp", {k: os.path.abspath(p) for k, p in paths.items()})
+    return SourceDir(out_dir)
+
+
 def validate_data_dir(path: str | Path, sampling_rate: int | None = None, check_audio: bool = True,
                       nj: int = 1) -> DataDir:
     """Checks a data dir completely (se.validate.check_data_dir: every file read to the end);

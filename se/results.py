@@ -91,7 +91,7 @@ def summary_markdown(summary: dict) -> str:
     lines = [
         f"# Scores: {summary['est']}",
         "",
-        f"- reference: `{summary['ref']}`",
+        f"- reference: `{summary['ref']}`" if summary.get("ref") else "- reference: none (no-reference metrics only)",
         f"- utterances: {summary['n_utts']}",
         "",
         "| metric | mean | undefined |",
@@ -118,8 +118,8 @@ def rates_sentence(rates: dict) -> str:
     native = rates.get("native") or []
     native_txt = "/".join(khz(r) for r in native) or "the native rate"
     return (
-        f"PESQ WB/STOI/eSTOI/composite/DNSMOS at {khz(rates['pesq_wb'])} copies, PESQ NB at "
-        f"{khz(rates['pesq_nb'])} copies, SI-SDR/SNR/SDR at {native_txt} (native); "
+        f"PESQ WB/STOI/eSTOI/composite/DNSMOS/PLCMOS at {khz(rates['pesq_wb'])} copies, PESQ NB at "
+        f"{khz(rates['pesq_nb'])} copies, SI-SDR/SNR/SDR/LSD at {native_txt} (native); "
         f"resampler: {rates['resampler']}"
     )
 

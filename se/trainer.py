@@ -160,15 +160,25 @@ def build_loaders(conf: dict, train_dir: str, valid_dir: str, dist: Dist):
     rate = conf["sampling_rate"]
     segment = int(round(conf["max_length"] * rate))
     features = data_features(conf)
-    train = DataDir(train_dir)
     valid = DataDir(valid_dir)
-    for d in (train, valid):
+    if conf["simulation"]:  # on-the-fly degradations (se/simulation.py) instead of paired data
+        from se.simulation import SimulatedDataset, Simulator, parse_config
+
+        simulator = Simulator(parse_config(conf["simulation"], "config simulation block"), rate)
+        train_set = SimulatedDataset(simulator, segment, conf["seed"], features=features)
+        train = None
+        log.info("training items simulated on the fly (se/simulation.py): %d per epoch from %d speech files, "
+                 "%d noise files, %d RIRs", len(train_set), simulator.num_speech_files,
+                 sum(len(s) for _, s in simulator.noise), sum(len(s) for _, s in simulator.rir))
+    else:
+        train = DataDir(train_dir)
+        train_set = SegmentDataset(train, rate, segment, conf["seed"], random_crop=True, features=features)
+    for d in (train, valid) if train is not None else (valid,):
         if d.sampling_rate and d.sampling_rate != rate:
             raise config_lib.ConfigError(
                 f"{d.path}: data at {d.sampling_rate} Hz but {conf['network']} needs {rate} Hz; prepare "
                 f"the data at {rate} Hz (data preparation stage)"
             )
-    train_set = SegmentDataset(train, rate, segment, conf["seed"], random_crop=True, features=features)
     valid_set = SegmentDataset(valid, rate, segment, conf["seed"], random_crop=False, features=features)
     train_sampler = ShardedSampler(len(train_set), dist.rank, dist.world_size, conf["seed"], shuffle=True, pad=True)
     valid_sampler = ShardedSampler(len(valid_set), dist.rank, dist.world_size, shuffle=False, pad=False)

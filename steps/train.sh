@@ -17,7 +17,7 @@ num_nodes=1
 nproc_per_node=
 # training config (YAML)
 config=
-# training data dir
+# training data dir (leave empty when the config has a simulation: block)
 train_data=
 # validation data dir
 valid_data=
@@ -28,7 +28,7 @@ rdzv_port=
 # print the command instead of running it
 dry_run=false
 
-help_message="Usage: $0 [options] --config <yaml> --train-data <dir> --valid-data <dir> --exp-dir <dir> [-- <se.bin.train options>]
+help_message="Usage: $0 [options] --config <yaml> [--train-data <dir>] --valid-data <dir> --exp-dir <dir> [-- <se.bin.train options>]
 e.g.: $0 --ngpu 2 --config conf/frcrn.yaml --train-data data/train --valid-data data/valid --exp-dir exp/frcrn -- --max-epochs 10"
 
 . "$SE_ROOT/steps/parse_options.sh"
@@ -49,15 +49,15 @@ if [ "$ngpu" -gt 0 ] && [ "$nproc_per_node" -gt "$ngpu" ]; then
   usage_error "--nproc-per-node $nproc_per_node is more than the $ngpu GPUs (one process per GPU)"
 fi
 [[ -z $rdzv_port || $rdzv_port =~ ^[1-9][0-9]*$ ]] || usage_error "--rdzv-port takes a port number, not '$rdzv_port'"
-if [ -z "$config" ] || [ -z "$train_data" ] || [ -z "$valid_data" ] || [ -z "$exp_dir" ]; then
-  usage_error "--config, --train-data, --valid-data and --exp-dir are required"
+if [ -z "$config" ] || [ -z "$valid_data" ] || [ -z "$exp_dir" ]; then
+  usage_error "--config, --valid-data and --exp-dir are required (and --train-data unless the config simulates)"
 fi
 [ -f "$config" ] || usage_error "no config file $config"
-for dir in "$train_data" "$valid_data"; do
-  [ -d "$dir" ] || usage_error "no data dir $dir"
-done
+[ -z "$train_data" ] || [ -d "$train_data" ] || usage_error "no data dir $train_data"
+[ -d "$valid_data" ] || usage_error "no data dir $valid_data"
 
-trainer=(-m se.bin.train --config "$config" --train-data "$train_data" --valid-data "$valid_data"
+# without --train-data, se.bin.train needs a simulation: block (or tr_list) in the config
+trainer=(-m se.bin.train --config "$config" ${train_data:+--train-data "$train_data"} --valid-data "$valid_data"
   --exp-dir "$exp_dir" "$@")
 log=$exp_dir/log/train.log
 # $cmd is split into words on purpose: it is a runner with its options (Kaldi's $train_cmd).

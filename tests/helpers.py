@@ -45,3 +45,8 @@ def write_pairs(root: Path, count: int, seconds: float, fs: int, seed: int = 0, 
 def make_dir(root: Path, name: str, count: int, seconds: float, fs: int, seed: int = 0):
     pairs = write_pairs(root / "audio" / name, count, seconds, fs, seed, prefix=f"{name}_")
     return make_data_dir(pairs, root / "data" / name, fs)
+
+
+# se.bin.train options of the recipe tests: a tiny FRCRN_SE_16K and a handful of steps on CPU
+TINY_FRCRN_ARGS = ("--max_steps 2 --batch_size 2 --effec_batch_size 2 --num_workers 0 --valid_utterances_to_log 0 "
+                   "--network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}'")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from se import config
+from se.simulation import parse_config as parse_simulation
 from se.models import build_network, network_kwargs, network_sampling_rate
 from se.trainer import accumulation_steps, resolve_config
 
@@ -27,8 +28,10 @@ def test_recipes_have_configs():
 def test_config_builds(path):
     conf = resolve_config(config.load(path))  # unknown keys and bad types are errors
     name = conf["network"]
-    # recipes pick conf/train_<network>.yaml by --network
-    assert path.stem == f"train_{name}"
+    # recipes pick conf/train_<network>.yaml (train_sim_<network>.yaml: simulated data) by --network
+    assert path.stem in (f"train_{name}", f"train_sim_{name}")
+    if conf["simulation"] or path.stem.startswith("train_sim_"):
+        parse_simulation(conf["simulation"], str(path))  # keys and values checked, data dirs not opened
     assert conf["sampling_rate"] == network_sampling_rate(name)
 
     kwargs = network_kwargs(name, conf)

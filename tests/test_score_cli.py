@@ -341,7 +341,7 @@ def test_make_results(data, tmp_path, capsys):
     text = (exp / "RESULTS.md").read_text()
     for needle in ("## Environment", "- git: `", "pesq `", "pystoi `", "./run.sh --stage 6", "se.bin.score",
                    "## vb_test", "| noisy (input) | 4 |", "| enhanced | 4 |", "| difference |",
-                   "at 16 kHz copies", "SI-SDR/SNR/SDR at 16 kHz (native)", "images/vb_test_scatter.png",
+                   "at 16 kHz copies", "SI-SDR/SNR/SDR/LSD at 16 kHz (native)", "images/vb_test_scatter.png",
                    "images/vb_test_spectrograms.png", "best `", "median `", "worst `"):  # fmt: skip
         assert needle in text, needle
     noisy = json.loads((exp / "scores/vb_test/noisy/summary.json").read_text())["metrics"]["si_sdr"]["mean"]

@@ -372,6 +372,13 @@ def test_train_multi_node_submission(recipe):
                    "--", *TRAINER]
 
 
+def test_train_without_train_data(recipe):
+    """A config with a simulation: block trains without --train-data (se.bin.train checks the config)."""
+    args = [a for a in DATA_ARGS if a not in ("--train-data", "data/train")]
+    trainer = [a for a in TRAINER if a not in ("--train-data", "data/train")]
+    assert dry_run(recipe, *args)[-len(trainer):] == trainer
+
+
 def test_torchrun_node_under_slurm(recipe):
     cwd, env = recipe
     env = {**env, "SLURM_JOB_ID": "4242", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]",
@@ -404,7 +411,7 @@ def test_train_runs_through_the_local_runner(recipe):
 
 
 @pytest.mark.parametrize("args, message", [
-    (DATA_ARGS[2:], "--config, --train-data, --valid-data and --exp-dir are required"),
+    (DATA_ARGS[2:], "--config, --valid-data and --exp-dir are required"),
     (["--config", "conf/none.yaml", *DATA_ARGS[2:]], "no config file conf/none.yaml"),
     ([*DATA_ARGS[:2], "--train-data", "data/none", *DATA_ARGS[4:]], "no data dir data/none"),
     (["--ngpu", "x", *DATA_ARGS], "option --ngpu takes an integer, not 'x'"),  # steps/parse_options.sh

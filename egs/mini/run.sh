@@ -5,6 +5,7 @@
 #   e.g.: ./run.sh                                   # everything, FRCRN_SE_16K at 16 kHz
 #         ./run.sh --network MossFormer2_SE_48K      # the 48 kHz path
 #         ./run.sh --stage 3 --stop-stage 3 --ngpu 1 # only training, on a GPU
+#         ./run.sh --simulate true                   # train on degradations simulated on the fly
 set -euo pipefail
 
 stage=0                # first stage to run
@@ -17,6 +18,8 @@ nj=2                   # parallel jobs for enhancement and scoring
 tag=                   # experiment name; default <network>
 train_args=            # extra training options (shell quoting), e.g. "--max_epoch 2 --batch_size 4"
 metrics=all            # metrics of the scoring stage (se.bin.score --metrics), e.g. "pesq_wb,stoi,si_sdr"
+simulate=false         # true: train on noise, RIRs and channel effects simulated on the fly (conf/train_sim_<network>.yaml)
+num_rirs=20            # --simulate true: number of pyroomacoustics RIRs (local/simulate_rirs.py)
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
 
@@ -29,9 +32,19 @@ cd "$here"
 if [ -z "$fs" ]; then
   fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
 fi
-[ -n "$tag" ] || tag=$network
-conf=conf/train_${network}.yaml
-[ -f "$conf" ] || { log "no $conf: networks with a mini config are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | xargs)"; exit 1; }
+case $simulate in true|false) ;; *) log "--simulate takes true or false, not '$simulate'"; exit 1 ;; esac
+if $simulate; then
+  [ -n "$tag" ] || tag=${network}_sim
+  conf=conf/train_sim_${network}.yaml
+  valid_set=valid_sim  # fixed sets made by se.bin.simulate (stage 1)
+  test_set=test_sim
+else
+  [ -n "$tag" ] || tag=$network
+  conf=conf/train_${network}.yaml
+  valid_set=valid
+  test_set=test
+fi
+[ -f "$conf" ] || { log "no $conf: networks with a mini config are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | grep -v '^sim_' | xargs)"; exit 1; }
 corpus=downloads/mini_${fs}
 data=data/${fs}
 exp=exp/${tag}
@@ -49,38 +62,70 @@ fi
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   log "Stage 1: data dirs in ${data}"
   [ -f "$corpus/.done" ] || { log "$corpus is missing; run stage 0 first"; exit 1; }
-  for set in train valid test; do
-    python -m se.bin.make_data_dir --noisy-dir "$corpus/$set/noisy" --clean-dir "$corpus/$set/clean" \
-      --out "$data/$set" --fs "$fs"
-  done
+  if ! $simulate; then
+    for set in train valid test; do
+      python -m se.bin.make_data_dir --noisy-dir "$corpus/$set/noisy" --clean-dir "$corpus/$set/clean" \
+        --out "$data/$set" --fs "$fs"
+    done
+  else
+    # source dirs: the corpus's clean speech and noise, per set; RIRs from pyroomacoustics
+    for set in train valid test; do
+      [ -d "$corpus/$set/noise" ] || { log "$corpus has no noise/ folders (made before --simulate existed); delete it and run stage 0"; exit 1; }
+      python -m se.bin.make_source_dir --audio-dir "$corpus/$set/clean" --out "$data/speech_$set" --fs "$fs"
+      python -m se.bin.make_source_dir --audio-dir "$corpus/$set/noise" --out "$data/noise_$set" --fs "$fs"
+    done
+    # one set of simulated rooms for all sets (a real corpus holds RIRs out, see egs/dns_challenge)
+    if [ -f "$data/rir/wav.scp" ] && [ "$(wc -l < "$data/rir/wav.scp")" -eq "$num_rirs" ]; then
+      log "$data/rir has $num_rirs RIRs, skipping"
+    else
+      python "$SE_ROOT/local/simulate_rirs.py" --fs "$fs" --num "$num_rirs" --seed 0 --out-dir "$data/rir"
+    fi
+    # fixed validation and test sets: the training block's settings with held-out speech and noise
+    seed=1
+    for set in valid test; do
+      python -m se.bin.simulate --config "$conf" --seed $seed --num 8 --out-dir "$data/${set}_sim" --overwrite \
+        --speech "$data/speech_$set" --noise "$data/noise_$set" --prefix "mini_${set}_sim"
+      seed=$((seed + 1))
+    done
+  fi
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   log "Stage 2: validate the data dirs"
-  python -m se.bin.validate_data_dir "$data/train" "$data/valid" "$data/test" --fs "$fs"
+  if $simulate; then
+    python -m se.bin.validate_data_dir "$data/$valid_set" "$data/$test_set" --fs "$fs"
+  else
+    python -m se.bin.validate_data_dir "$data/train" "$data/valid" "$data/test" --fs "$fs"
+  fi
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log "Stage 3: train $network in $exp"
-  for set in train valid; do
+  if $simulate; then
+    train_sets=$valid_set; train_data=  # training data: the simulation: block of $conf
+  else
+    train_sets="train $valid_set"; train_data=$data/train
+  fi
+  for set in $train_sets; do
     [ -f "$data/$set/wav.scp" ] || { log "$data/$set is missing; run stage 1 first"; exit 1; }
   done
   eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
   "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
-    --train-data "$data/train" --valid-data "$data/valid" --exp-dir "$exp" -- "${extra[@]}"
+    --train-data "$train_data" --valid-data "$data/$valid_set" --exp-dir "$exp" -- "${extra[@]}"
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  log "Stage 4: enhance $data/test with the best checkpoint of $exp"
+  log "Stage 4: enhance $data/$test_set with the best checkpoint of $exp"
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
-  "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/test" "$exp/enhanced/test"
+  "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/$test_set" "$exp/enhanced/$test_set"
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "Stage 5: score noisy and enhanced test audio; write $exp/RESULTS.md"
-  [ -f "$exp/enhanced/test/wav.scp" ] || { log "no enhanced audio in $exp/enhanced/test; run stage 4 first"; exit 1; }
-  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/test/spk1.scp" "$data/test/wav.scp" "$exp/scores/test/noisy"
-  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/test/spk1.scp" "$exp/enhanced/test/wav.scp" "$exp/scores/test/enhanced"
+  t=$test_set
+  [ -f "$exp/enhanced/$t/wav.scp" ] || { log "no enhanced audio in $exp/enhanced/$t; run stage 4 first"; exit 1; }
+  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/$t/spk1.scp" "$data/$t/wav.scp" "$exp/scores/$t/noisy"
+  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/$t/spk1.scp" "$exp/enhanced/$t/wav.scp" "$exp/scores/$t/enhanced"
   python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores"
   cat "$exp/RESULTS.md"
 fi

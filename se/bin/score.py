@@ -1,6 +1,10 @@
-"""Score enhanced audio against references: PESQ, STOI, SI-SDR, composite, DNSMOS, ...
+"""Score enhanced audio against references: PESQ, STOI, SI-SDR, composite, LSD, DNSMOS, PLCMOS, ...
 
     python -m se.bin.score --ref SCP|DIR --est SCP|DIR --out-dir D [--metrics LIST] [--nj N] [--fs RATE]
+    python -m se.bin.score --est SCP|DIR --out-dir D [--metrics noref]     # no clean reference
+
+Without --ref only the no-reference metrics exist (DNSMOS, PLCMOS: the group ``noref``, the
+default then); asking for another one is an error. ref.scp is then not written.
 
 Pairs are matched by utterance id: the first field of a Kaldi ``utt path`` scp line, or the
 file name without extension in a directory (``*.wav``/``*.flac``). Before scoring every pair is
@@ -51,7 +55,7 @@ class Entry:
 @dataclass(frozen=True)
 class Pair:
     utt: str
-    ref: Entry
+    ref: Entry | None  # None: no clean reference (no-reference metrics only)
     est: Entry
 
 
@@ -93,8 +97,10 @@ def load_list(spec: str) -> dict[str, Entry]:
     return out
 
 
-def match_pairs(ref: dict[str, Entry], est: dict[str, Entry], ref_spec: str, est_spec: str) -> list[Pair]:
-    """Pairs sorted by utt id; every id must be in both lists."""
+def match_pairs(ref: dict[str, Entry] | None, est: dict[str, Entry], ref_spec: str | None, est_spec: str) -> list[Pair]:
+    """Pairs sorted by utt id; every id must be in both lists (``ref`` None: estimates alone)."""
+    if ref is None:
+        return [Pair(u, None, est[u]) for u in sorted(est)]
     errors = [f"{e.where}: utterance '{u}' ({e.path}) has no reference in {ref_spec}"
               for u, e in est.items() if u not in ref]  # fmt: skip
     errors += [f"{e.where}: utterance '{u}' ({e.path}) has no estimate in {est_spec}"
@@ -118,6 +124,8 @@ def check_pairs(pairs: list[Pair], fs: int | None) -> list[int]:
     for p in pairs:
         infos = []
         for role, e in (("reference", p.ref), ("estimate", p.est)):
+            if e is None:
+                continue
             try:
                 info = audio_info(e.path)
             except AudioError as exc:
@@ -133,7 +141,7 @@ def check_pairs(pairs: list[Pair], fs: int | None) -> list[int]:
                 f"'{p.utt}': reference {p.ref.path} ({p.ref.where}) is {infos[0].samplerate} Hz but "
                 f"estimate {p.est.path} ({p.est.where}) is {infos[1].samplerate} Hz"
             )
-        rates.append(infos[0].samplerate if infos else 0)
+        rates.append(infos[-1].samplerate if infos else 0)
     if errors:
         raise ScoreError(_error_list("problems with the input files", errors))
     return rates
@@ -151,11 +159,11 @@ def _score_one(task: tuple) -> tuple[str, dict[str, float], list[tuple[str, str]
 
     pair, columns, max_len_diff = task
     undefined = {c: math.nan for c in columns}
-    role = "ref"
+    role = "est"
     try:
-        ref, fs_ref = read_audio(pair.ref.path, where=pair.ref.where)
-        role = "est"
         est, fs_est = read_audio(pair.est.path, where=pair.est.where)
+        role = "ref"
+        ref, fs_ref = read_audio(pair.ref.path, where=pair.ref.where) if pair.ref else (None, fs_est)
         if fs_ref != fs_est:
             raise AudioError(f"{pair.ref.path} is {fs_ref} Hz but {pair.est.path} is {fs_est} Hz")
     except AudioError as exc:  # NaN/Inf samples are refused by read_audio: no metric is computed
@@ -200,6 +208,17 @@ def score_all(pairs: list[Pair], columns: list[str], nj: int, max_len_diff: floa
 # --------------------------------------------------------------------------- outputs
 
 
+def _write_scps(out_dir: Path, pairs: list[Pair]) -> None:
+    """est.scp, and ref.scp when there are references (a stale ref.scp is removed)."""
+    from se.results import atomic_write_text
+
+    if pairs and pairs[0].ref is not None:
+        atomic_write_text(out_dir / "ref.scp", _scp_text(pairs, "ref"))
+    else:
+        (out_dir / "ref.scp").unlink(missing_ok=True)
+    atomic_write_text(out_dir / "est.scp", _scp_text(pairs, "est"))
+
+
 def _scp_text(pairs: list[Pair], role: str) -> str:
     return "".join(f"{p.utt} {getattr(p, role).path}\n" for p in pairs)
 
@@ -232,7 +251,7 @@ def write_outputs(out_dir: Path, args, pairs, columns, rows, notes, rates) -> di
         for kind in sorted({k for k, _ in utt_notes}):
             problems[kind] = problems.get(kind, 0) + 1
     summary = {
-        "ref": str(Path(args.ref).resolve()),
+        "ref": str(Path(args.ref).resolve()) if args.ref else None,
         "est": str(Path(args.est).resolve()),
         "n_utts": len(rows),
         "metrics": summarize(columns, rows),
@@ -247,8 +266,7 @@ def write_outputs(out_dir: Path, args, pairs, columns, rows, notes, rates) -> di
         (out_dir / name).unlink(missing_ok=True)
     atomic_write_text(out_dir / "scores.tsv", scores_tsv(columns, rows))
     atomic_write_text(out_dir / "notes.tsv", _notes_text(notes))
-    atomic_write_text(out_dir / "ref.scp", _scp_text(pairs, "ref"))
-    atomic_write_text(out_dir / "est.scp", _scp_text(pairs, "est"))
+    _write_scps(out_dir, pairs)
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -313,11 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir exp/x/scores/test/enhanced --metrics all --nj 4",
     )
     add = p.add_argument
-    add("--ref", required=True, help="clean references: Kaldi scp ('utt path') or directory")
+    add("--ref", default=None,
+        help="clean references: Kaldi scp ('utt path') or directory; leave out for no-reference metrics only")
     add("--est", required=True, help="estimates (enhanced or noisy): scp or directory")
     add("--out-dir", required=True, help="output directory D")
-    add("--metrics", default="all",
-        help="comma list of columns or groups all, nodnsmos, pesq, composite, dnsmos (default: all)")
+    add("--metrics", default=None,
+        help="comma list of columns or groups all, nodnsmos, noref, pesq, composite, dnsmos "
+        "(default: all; noref without --ref)")
     add("--nj", type=positive_int, default=_cores(), help="parallel processes (default: cores)")
     add("--fs", type=positive_int, default=None,
         help="required native sample rate of every file (default: any; reference and estimate equal)")
@@ -338,19 +358,33 @@ def run(args) -> int:
     from se.metrics import parse_metrics
     from se.results import atomic_write_text
 
+    from se.metrics import NO_REFERENCE
+
+    if args.metrics is None:
+        args.metrics = "all" if args.ref else "noref"
     try:
         columns = parse_metrics(args.metrics)
     except ValueError as exc:
         raise ScoreError(f"--metrics: {exc}") from exc
+    if args.ref is None:
+        need = [c for c in columns if c not in NO_REFERENCE]
+        if need:
+            raise ScoreError(
+                f"--metrics: {', '.join(need)} need clean references: give --ref, or choose from the "
+                f"no-reference metrics ({', '.join(sorted(NO_REFERENCE))}; group noref)"
+            )
     if (args.split is None) != (args.job is None):
         raise ScoreError("--split N and --job J go together")
     if args.split is not None and not 1 <= args.job <= args.split:
         raise ScoreError(f"--job must be in 1..{args.split}, got {args.job}")
     if args.merge is not None and args.merge < 1:
         raise ScoreError(f"--merge must be >= 1, got {args.merge}")
-    ref_list, est_list = load_list(args.ref), load_list(args.est)
+    ref_list = load_list(args.ref) if args.ref else None
+    est_list = load_list(args.est)
     # the output dir is checked before any scoring: creatable, and no output file is an input
-    inputs = [args.ref, args.est] + [e.path for e in ref_list.values()] + [e.path for e in est_list.values()]
+    inputs = [args.est] + [e.path for e in est_list.values()]
+    if ref_list is not None:
+        inputs += [args.ref] + [e.path for e in ref_list.values()]
     out_dir = check_output_dir(args.out_dir, "--out-dir", list(OUTPUT_FILES), inputs)
     pairs = match_pairs(ref_list, est_list, args.ref, args.est)
 
@@ -369,8 +403,7 @@ def run(args) -> int:
             (part / name).unlink(missing_ok=True)
     check_pairs(pairs, args.fs)
     if args.check_only:
-        atomic_write_text(out_dir / "ref.scp", _scp_text(pairs, "ref"))
-        atomic_write_text(out_dir / "est.scp", _scp_text(pairs, "est"))
+        _write_scps(out_dir, pairs)
         print(len(pairs))
         return 0
 

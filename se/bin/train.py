@@ -6,7 +6,8 @@
 Any config key can be overridden as ``--key value`` (type-checked; unknown keys are errors).
 Re-running the same command in an exp dir with a ``last_checkpoint`` resumes from it exactly;
 ``--start-over`` ignores it. A ClearVoice train YAML works as --config: its tr_list/cv_list
-(2-column lists) are used when --train-data/--valid-data are not given.
+(2-column lists) are used when --train-data/--valid-data are not given. A config with a
+``simulation:`` block (se/simulation.py) simulates the training data on the fly: no --train-data.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def get_parser() -> argparse.ArgumentParser:
         epilog="Any other --key value pair overrides the config key of that name.",
     )
     p.add_argument("--config", help="YAML config (ours or a ClearVoice train YAML)")
-    p.add_argument("--train-data", help="training data dir (wav.scp, spk1.scp, utt2num_samples)")
+    p.add_argument("--train-data", help="training data dir (wav.scp, spk1.scp, utt2num_samples); not with a "
+                   "simulation: block in the config, which simulates the training data on the fly")
     p.add_argument("--valid-data", help="validation data dir")
     p.add_argument("--exp-dir", required=True, help="experiment dir (checkpoints, logs, config.yaml)")
     p.add_argument("--init", help="fine-tune from this checkpoint (= init_checkpoint_path)")
@@ -76,9 +78,20 @@ def _main(argv: list[str]) -> int:
             return 0
         exp_dir.mkdir(parents=True, exist_ok=True)
         train_dir, valid_dir = args.train_data, args.valid_data
-        if not train_dir:
+        if conf["simulation"]:
+            from se.simulation import parse_config
+
+            parse_config(conf["simulation"], args.config or "command line")  # bad keys: error naming the file
+            if train_dir:
+                raise config_lib.ConfigError(
+                    "--train-data and a simulation: block in the config exclude each other (the block "
+                    "simulates the training data); drop one of them"
+                )
+        elif not train_dir:
             if not conf["tr_list"]:
-                raise config_lib.ConfigError("give --train-data (a data dir) or tr_list in the config")
+                raise config_lib.ConfigError(
+                    "give --train-data (a data dir), tr_list or a simulation: block in the config"
+                )
             train_dir = data_dir_from_list(conf["tr_list"], exp_dir, "train", conf["sampling_rate"])
         if not valid_dir:
             if not conf["cv_list"]:

@@ -13,8 +13,11 @@ sdr            BSS-Eval SDR, dB (sdr.py, fast_bss_eval)       native
 csig cbak      Loizou's composite measures and their parts   16 kHz copy
 covl llr wss   (composite.py)
 segsnr
+lsd            log-spectral distance, URGENT 2025 (lsd.py)    native
 dnsmos_*       DNSMOS P.835 sig/bak/ovrl and P.808, no        16 kHz copy
                reference (dnsmos.py)
+plcmos         PLCMOS v2, packet-loss concealment MOS, no     16 kHz copy
+               reference (plcmos.py)
 =============  ============================================  =====================
 
 ``score_pair`` (pair.py) turns one (reference, estimate) pair into one row; a value that does
@@ -26,20 +29,23 @@ from __future__ import annotations
 
 COLUMNS = (
     "pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "snr", "sdr",
-    "csig", "cbak", "covl", "llr", "wss", "segsnr",
-    "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808",
+    "csig", "cbak", "covl", "llr", "wss", "segsnr", "lsd",
+    "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808", "plcmos",
 )  # fmt: skip
+
+DNSMOS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
+# Columns computed from the estimate alone: the only ones for sets without a clean reference.
+NO_REFERENCE = frozenset(DNSMOS + ("plcmos",))
 
 # Names accepted by --metrics besides the column names.
 GROUPS = {
     "all": COLUMNS,
     "pesq": ("pesq_wb", "pesq_nb"),
     "composite": ("csig", "cbak", "covl", "llr", "wss", "segsnr"),
-    "dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808"),
-    "nodnsmos": COLUMNS[:13],
+    "dnsmos": DNSMOS,
+    "noref": tuple(c for c in COLUMNS if c in NO_REFERENCE),  # DNSMOS and PLCMOS
+    "nodnsmos": tuple(c for c in COLUMNS if c not in NO_REFERENCE),  # every reference-based metric
 }
-
-NO_REFERENCE = frozenset(GROUPS["dnsmos"])
 
 
 def parse_metrics(spec: str) -> list[str]:
@@ -65,6 +71,6 @@ from se.metrics.common import Undefined  # noqa: E402
 from se.metrics.pair import PairResult, metric_info, rates_used, score_pair  # noqa: E402
 
 __all__ = [
-    "COLUMNS", "GROUPS", "NO_REFERENCE", "PairResult", "Undefined",
+    "COLUMNS", "DNSMOS", "GROUPS", "NO_REFERENCE", "PairResult", "Undefined",
     "metric_info", "parse_metrics", "rates_used", "score_pair",
 ]  # fmt: skip

@@ -9,8 +9,8 @@ Policies (also in summary.json and the score CLI's help):
   trimmed to the shorter (enhancement front-ends often add or drop a few samples of STFT
   padding) and a "trimmed" note is kept; a larger difference means the files do not belong
   together, so the reference-based metrics are undefined ("length_mismatch").
-- PESQ, STOI, composite and DNSMOS see 16 kHz copies (PESQ NB an 8 kHz copy) made with
-  ``common.resample``; SI-SDR, SNR and BSS-Eval SDR use the native rate. Wideband PESQ (and so
+- PESQ, STOI, composite, DNSMOS and PLCMOS see 16 kHz copies (PESQ NB an 8 kHz copy) made with
+  ``common.resample``; SI-SDR, SNR, BSS-Eval SDR and LSD use the native rate. Wideband PESQ (and so
   Csig/Cbak/Covl) is undefined for native rates below 16 kHz.
 """
 
@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from se.metrics import GROUPS, NO_REFERENCE
+from se.metrics import DNSMOS, GROUPS, NO_REFERENCE
 from se.metrics.common import RESAMPLER, Undefined, resample
 
 METRIC_RATE = 16000  # rate of the copies for PESQ WB, STOI, composite, DNSMOS
@@ -82,12 +82,20 @@ def _reference_problem(ref, est, fs, max_len_diff) -> tuple[str, str] | None:
 
 
 def score_pair(
-    ref: np.ndarray, est: np.ndarray, fs: int, columns: list[str], max_len_diff: float = 0.1
+    ref: np.ndarray | None, est: np.ndarray, fs: int, columns: list[str], max_len_diff: float = 0.1
 ) -> PairResult:
-    """Compute ``columns`` for one pair sampled at ``fs`` Hz (1-D arrays)."""
+    """Compute ``columns`` for one pair sampled at ``fs`` Hz (1-D arrays).
+
+    ``ref`` None: no clean reference (only the NO_REFERENCE columns may be asked for).
+    """
     values = {c: math.nan for c in columns}
     notes: list[tuple[str, str]] = []
-    ref = np.asarray(ref, dtype=np.float64).reshape(-1)
+    if ref is None:
+        need = [c for c in columns if c not in NO_REFERENCE]
+        if need:
+            raise ValueError(f"{', '.join(need)} need a reference signal")
+    else:
+        ref = np.asarray(ref, dtype=np.float64).reshape(-1)
     est = np.asarray(est, dtype=np.float64).reshape(-1)
     bad = int(np.count_nonzero(~np.isfinite(est)))
     if bad:
@@ -105,16 +113,21 @@ def score_pair(
                 notes.append(("trimmed", f"reference {len(ref)} vs estimate {len(est)} samples: both trimmed to {n}"))
             _score_with_reference(_Copies(ref[:n], est[:n], fs), ref_cols, values, notes)
 
-    dns_cols = [c for c in columns if c in NO_REFERENCE]
-    if dns_cols:
+    noref_cols = [c for c in columns if c in NO_REFERENCE]
+    if noref_cols:
         from se.metrics.dnsmos import dnsmos
+        from se.metrics.plcmos import plcmos
 
         x16 = resample(est, fs, METRIC_RATE)
-        peak = float(np.max(np.abs(x16)))
+        peak = float(np.max(np.abs(x16))) if x16.size else 0.0
         if peak > 1.0:
-            notes.append(("clipped_for_dnsmos", f"estimate peak {peak:.3f} > 1: clipped to [-1, 1] for DNSMOS"))
+            notes.append(("clipped_for_dnsmos", f"estimate peak {peak:.3f} > 1: clipped to [-1, 1] for DNSMOS/PLCMOS"))
             x16 = np.clip(x16, -1.0, 1.0)
-        _run(values, notes, dns_cols, lambda: dnsmos(x16))
+        dns_cols = [c for c in noref_cols if c in DNSMOS]
+        if dns_cols:
+            _run(values, notes, dns_cols, lambda: dnsmos(x16))
+        if "plcmos" in noref_cols:
+            _run(values, notes, ["plcmos"], lambda: plcmos(x16))
     return PairResult(values, notes)
 
 
@@ -157,6 +170,10 @@ def _score_with_reference(sig: _Copies, cols: list[str], values: dict, notes: li
         _run(values, notes, ["snr"], lambda: {"snr": sdr.snr(*sig.at(fs))})
     if "sdr" in want:
         _run(values, notes, ["sdr"], lambda: {"sdr": sdr.bss_sdr(*sig.at(fs))})
+    if "lsd" in want:
+        from se.metrics.lsd import lsd
+
+        _run(values, notes, ["lsd"], lambda: {"lsd": lsd(*sig.at(fs), fs)})
     if composite_cols:
         _run(values, notes, composite_cols, lambda: comp.composite(*sig.at(METRIC_RATE), METRIC_RATE, pesq_wb))
         regression_cols = [c for c in ("csig", "cbak", "covl") if c in composite_cols]
@@ -175,7 +192,9 @@ def rates_used(native_rates: list[int]) -> dict:
         "estoi": METRIC_RATE,
         "composite": METRIC_RATE,
         "dnsmos": METRIC_RATE,
+        "plcmos": METRIC_RATE,
         "si_sdr": native,
+        "lsd": native,
         "snr": native,
         "sdr": native,
         "resampler": RESAMPLER,
@@ -188,6 +207,7 @@ def metric_info() -> dict[str, str]:
 
     from se.metrics.dnsmos import dnsmos_version
     from se.metrics.pesq_mos import pesq_version
+    from se.metrics.plcmos import plcmos_version
 
     return {
         "pesq": pesq_version(),
@@ -196,5 +216,8 @@ def metric_info() -> dict[str, str]:
         "snr": "10 log10(|s|^2 / |s - y|^2), dB, native rate",
         "sdr": f"fast_bss_eval {version('fast_bss_eval')} sdr (BSS-Eval, 512-tap filter), dB, native rate",
         "composite": "Loizou composite.m (2nd ed.) re-implemented in se/metrics/composite.py; PESQ term = pesq_wb",
+        "lsd": "log-spectral distance (URGENT 2025 definition: gain-matched, 32/16 ms Hann STFT, natural log), "
+        "native rate; se/metrics/lsd.py",
         "dnsmos": dnsmos_version(),
+        "plcmos": plcmos_version(),
     }

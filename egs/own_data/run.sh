@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Train or fine-tune a network on YOUR clean speech and noise: point it at a folder of clean speech
+# and a folder of noise (optionally room impulse responses), at any sample rate; training mixes
+# them on the fly with reverberation and channel effects (se/simulation.py). See README.md.
+#   e.g.: ./run.sh --speech_dir /data/my_speech --noise_dir /data/my_noise             # FRCRN_SE_16K
+#         ./run.sh --speech_dir S --noise_dir N --init FRCRN_SE_16K.pt --tag frcrn_ft   # fine-tune a release
+#         ./run.sh --speech_dir S --noise_dir N --rir_dir /data/rirs --network MossFormer2_SE_48K --ngpu 1
+# Stages: 1 source dirs at the network's rate (each file resampled once; train/valid/test split by
+# speaker with --utt2spk_regex, else by file; simulated RIRs when no --rir_dir), 2 fixed simulated
+# valid/test sets (se.bin.simulate), 3 train with on-the-fly simulation, 4 enhance the test set,
+# 5 score it into <expdir>/<tag>/RESULTS.md. Finished stages leave .done markers holding their
+# inputs and are skipped when run again with the same inputs.
+set -euo pipefail
+
+# shellcheck disable=SC1091
+. "$(dirname "$0")/../../path.sh"
+# shellcheck disable=SC1091
+. "$SE_ROOT/cmd.sh"
+
+stage=1                 # first stage to run
+stop_stage=5            # last stage to run
+speech_dir=             # folder of clean speech (.wav/.flac, searched recursively, any rate)
+noise_dir=              # folder of noise recordings (.wav/.flac, any rate)
+rir_dir=                # folder of room impulse responses (channel 0 of multi-channel files); empty: simulated rooms
+utt2spk_regex=          # speaker in a speech file's relative path (group 1), e.g. "^([^/]+)/"; empty: split by file
+network=FRCRN_SE_16K    # FRCRN_SE_16K or MossFormerGAN_SE_16K (16 kHz), MossFormer2_SE_48K (48 kHz)
+valid_fraction=0.05     # share of speakers (or files) and of noises / RIRs held out for validation
+test_fraction=0.05      # ... and for the test set
+num_rirs=200            # simulated RIRs without --rir_dir (split into train/valid/test like a RIR folder)
+num_valid=100           # utterances of the fixed simulated validation set
+num_test=100            # utterances of the fixed simulated test set
+sim_length=4            # seconds per simulated valid/test utterance (0: whole speech files)
+dumpdir=dump            # resampled copies of your files (stage 1)
+expdir=exp              # experiments: <expdir>/<tag>
+nj=4                    # parallel jobs for resampling, enhancement and scoring
+ngpu=0                  # GPUs per node for training (0 = CPU)
+num_nodes=1             # nodes for training (more than 1 needs cmd_backend=slurm)
+init=                   # fine-tune from this checkpoint (a ClearVoice release file or one of ours)
+tag=                    # experiment name; default <network>
+train_args=             # more se.bin.train options (shell quoting), e.g. "--max_epoch 20 --batch_size 8"
+metrics=all             # scoring metrics (se.bin.score --metrics)
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
+printf -v run_cmdline '%q ' "$0" "$@"
+help_message="Usage: $0 --speech_dir DIR --noise_dir DIR [options]
+e.g.: $0 --speech_dir /data/my_speech --noise_dir /data/my_noise --init FRCRN_SE_16K.pt"
+. "$SE_ROOT/steps/parse_options.sh"
+
+# folders given relative to where the command ran
+abspath() { [ -z "$1" ] || (cd "$1" 2>/dev/null && pwd) || { log "$1: folder not found" >&2; return 1; }; }
+speech_dir=$(abspath "$speech_dir")
+noise_dir=$(abspath "$noise_dir")
+rir_dir=$(abspath "$rir_dir")
+cd "$(dirname "$0")"
+
+conf=conf/train_${network}.yaml
+if [ ! -f "$conf" ]; then
+  log "no $conf: networks with a config are $(cd conf && printf '%s ' train_*.yaml | sed 's/train_\([^ ]*\)\.yaml/\1/g')"
+  exit 1
+fi
+fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
+data=data               # source dirs and fixed sets at $fs Hz (conf/ reads data/{speech,noise,rir}_train)
+[ -n "$tag" ] || tag=$network
+exp=$expdir/$tag
+
+stage_done() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+mark_done() { mkdir -p "$(dirname "$1")"; printf '%s\n' "$2" > "$1"; }
+data_sig="fs=$fs speech=$speech_dir noise=$noise_dir rir=$rir_dir spk=$utt2spk_regex valid=$valid_fraction test=$test_fraction rirs=$num_rirs"
+sets_sig="$data_sig valid=$num_valid test=$num_test length=$sim_length conf=$(cksum < "$conf")"
+checkpoint_sig() { echo "$(stat -c %Y "$exp/last_best_checkpoint") $(head -n 1 "$exp/last_best_checkpoint")"; }
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  log "Stage 1: speech/noise/RIR source dirs in $data at $fs Hz"
+  if stage_done "$data/.stage1.done" "$data_sig"; then
+    log "the source dirs are prepared already, skipping ($data/.stage1.done)"
+  else
+    if [ -z "$speech_dir" ] || [ -z "$noise_dir" ]; then
+      log "give --speech_dir and --noise_dir (folders of .wav/.flac files)"
+      exit 1
+    fi
+    split=(--holdout "$valid_fraction" "$test_fraction" --fs "$fs" --nj "$nj")
+    spk=()
+    [ -z "$utt2spk_regex" ] || spk=(--utt2spk-regex "$utt2spk_regex")
+    python -m se.bin.make_source_dir --audio-dir "$speech_dir" --out "$data/speech" "${split[@]}" "${spk[@]}" \
+      --resample-dir "$dumpdir/$fs/speech"
+    python -m se.bin.make_source_dir --audio-dir "$noise_dir" --out "$data/noise" "${split[@]}" \
+      --resample-dir "$dumpdir/$fs/noise"
+    if [ -n "$rir_dir" ]; then
+      python -m se.bin.make_source_dir --audio-dir "$rir_dir" --out "$data/rir" "${split[@]}" --first-channel \
+        --resample-dir "$dumpdir/$fs/rir"
+    else
+      # simulated rooms, split by file like a RIR folder
+      python "$SE_ROOT/local/simulate_rirs.py" --fs "$fs" --num "$num_rirs" --seed 0 --out-dir "$dumpdir/$fs/rir_sim"
+      python -m se.bin.make_source_dir --audio-dir "$dumpdir/$fs/rir_sim/wav" --out "$data/rir" "${split[@]}"
+    fi
+    mark_done "$data/.stage1.done" "$data_sig"
+  fi
+fi
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  log "Stage 2: fixed simulated valid/test sets in $data"
+  if stage_done "$data/.stage2.done" "$sets_sig"; then
+    log "the valid/test sets are made already, skipping ($data/.stage2.done)"
+  else
+    stage_done "$data/.stage1.done" "$data_sig" || { log "the source dirs are not prepared; run stage 1 first"; exit 1; }
+    seed=1
+    for set in valid test; do
+      if [ $set = valid ]; then num=$num_valid; else num=$num_test; fi
+      # the training block's SNRs, reverberation and effects; held-out speech, noise and RIRs
+      python -m se.bin.simulate --config "$conf" --seed $seed --num "$num" --length "$sim_length" \
+        --out-dir "$data/${set}_sim" --speech "$data/speech_$set" --noise "$data/noise_$set" \
+        --rir "$data/rir_$set" --prefix "${set}_sim" --overwrite
+      seed=$((seed + 1))
+    done
+    python -m se.bin.validate_data_dir "$data/valid_sim" "$data/test_sim" --fs "$fs"
+    mark_done "$data/.stage2.done" "$sets_sig"
+  fi
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  log "Stage 3: train $network in $exp on data simulated on the fly ($conf)"
+  stage_done "$data/.stage2.done" "$sets_sig" || { log "$data/valid_sim is not made; run stage 2 first"; exit 1; }
+  eval "extra=($train_args)"  # quotes in --train_args group words, as on a command line
+  [ -z "$init" ] || extra=(--init "$init" "${extra[@]}")
+  train_sig="$(cksum < "$conf") ${extra[*]} $sets_sig"
+  if stage_done "$exp/.stage3.done" "$train_sig"; then
+    log "$exp is trained already with these settings, skipping ($exp/.stage3.done)"
+  else
+    rm -f "$exp/.stage3.done"
+    "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
+      --valid-data "$data/valid_sim" --exp-dir "$exp" -- "${extra[@]}"
+    mark_done "$exp/.stage3.done" "$train_sig"
+  fi
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  log "Stage 4: enhance $data/test_sim with the best checkpoint of $exp"
+  [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
+  stage_done "$data/.stage2.done" "$sets_sig" || { log "$data/test_sim is not made; run stage 2 first"; exit 1; }
+  enhance_sig="$(checkpoint_sig) $sets_sig"
+  if stage_done "$exp/enhanced/test_sim/.done" "$enhance_sig"; then
+    log "$exp/enhanced/test_sim is up to date, skipping"
+  else
+    rm -f "$exp/enhanced/test_sim/.done"
+    "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/test_sim" "$exp/enhanced/test_sim"
+    mark_done "$exp/enhanced/test_sim/.done" "$enhance_sig"
+  fi
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "Stage 5: score the noisy and enhanced test audio at $fs Hz; write $exp/RESULTS.md"
+  [ -f "$exp/enhanced/test_sim/.done" ] || { log "no enhanced audio in $exp/enhanced/test_sim; run stage 4 first"; exit 1; }
+  metrics=${metrics// /,}
+  for kind in noisy enhanced; do
+    if [ $kind = noisy ]; then
+      est=$data/test_sim/wav.scp score_sig="metrics=$metrics $sets_sig"
+    else
+      est=$exp/enhanced/test_sim/wav.scp score_sig="metrics=$metrics $(cat "$exp/enhanced/test_sim/.done")"
+    fi
+    if stage_done "$exp/scores/test_sim/$kind/.done" "$score_sig"; then
+      log "$exp/scores/test_sim/$kind is up to date, skipping"
+      continue
+    fi
+    rm -f "$exp/scores/test_sim/$kind/.done"
+    "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --fs "$fs" --metrics "$metrics" \
+      "$data/test_sim/spk1.scp" "$est" "$exp/scores/test_sim/$kind"
+    mark_done "$exp/scores/test_sim/$kind/.done" "$score_sig"
+  done
+  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" --cmd "${run_cmdline% }"
+  cat "$exp/RESULTS.md"
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

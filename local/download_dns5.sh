@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Download subsets of the DNS Challenge 5 (ICASSP 2023) fullband training data and unpack them into
+# <download-dir>/datasets_fullband/ (the layout local/prepare_dns.py and --dns_root expect).
+# The archive list is in local/prepare_dns.py (`urls`). Resumable: each archive downloads into
+# NAME.part with wget -c (or curl -C -) and is renamed when complete; a subset is unpacked only
+# after all its archives are there, and its files are moved into place only when the whole
+# (split) archive decompressed with correct checksums (local/prepare_dns.py unpack). Finished
+# subsets leave <download-dir>/.done.<subset>. Sizes (archived ~550 GB for everything; unpacked):
+# read_speech 299G, german_speech 319G, spanish_speech 65G, french_speech 62G, italian_speech 42G,
+# vctk_wav48_silence_trimmed 27G, russian_speech 12G, emotional_speech 2.4G,
+# VocalSet_48kHz_mono 974M, noise_fullband 58G (~39 GB archived), impulse_responses 5.9G.
+set -euo pipefail
+
+# subsets to fetch (see local/prepare_dns.py --help for all names)
+subsets="read_speech noise_fullband impulse_responses"
+# where the DNS 5 blobs are
+base_url=https://dnschallengepublic.blob.core.windows.net/dns5archive/V5_training_dataset
+# print the archives that would be fetched (URL and target file), download nothing
+list_only=false
+# delete the archives of a subset once it is unpacked
+remove_archives=false
+
+echo "$0 $*"
+help_message="Usage: $0 [options] <download-dir>
+Downloads the archives of --subsets into <download-dir>/archives/ and unpacks them into
+<download-dir>/datasets_fullband/.
+e.g.: $0 --subsets \"read_speech noise_fullband impulse_responses\" downloads/dns5"
+SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+. "$SE_ROOT/steps/parse_options.sh"
+
+if [ $# -ne 1 ]; then
+  echo "$help_message" >&2
+  exit 1
+fi
+dir=$1
+prepare=$SE_ROOT/local/prepare_dns.py
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0")) $*"; }
+
+# the archive list: "<url> <subset>" lines (also checks the subset names)
+urls=$(python "$prepare" urls --subsets "$subsets" --base-url "$base_url")
+
+if $list_only; then
+  while read -r url subset; do
+    echo "$subset $url $dir/archives/$(basename "$url")"
+  done <<< "$urls"
+  exit 0
+fi
+
+# manual URL: the download of URL failed; say what to fetch by hand, then stop.
+manual() {
+  cat >&2 <<END
+$0: could not download $1 (no network access?).
+Fetch the archives listed by
+  $0 --list-only true --subsets "$subsets" $dir
+into $dir/archives/ by hand and run this again (they are verified, then unpacked), or unpack the
+DNS 5 data anywhere and give the recipe --dns_root <the folder holding datasets_fullband/>.
+END
+  exit 1
+}
+
+# fetch URL FILE: download URL into FILE, continuing a partial FILE.
+fetch() {
+  if command -v wget >/dev/null; then
+    wget -c --tries 3 -O "$2" "$1"
+  elif command -v curl >/dev/null; then
+    curl -fL --retry 3 -C - -o "$2" "$1"
+  else
+    echo "$0: neither wget nor curl is installed" >&2
+    return 1
+  fi
+}
+
+mkdir -p "$dir/archives"
+for subset in $(awk '{print $2}' <<< "$urls" | uniq); do
+  if [ -f "$dir/.done.$subset" ]; then
+    log "$subset is unpacked already ($dir/.done.$subset), skipping"
+    continue
+  fi
+  archives=()
+  while read -r url s; do
+    [ "$s" = "$subset" ] || continue
+    file=$dir/archives/$(basename "$url")
+    if [ ! -f "$file" ]; then
+      # into FILE.part first: FILE exists only once its download has finished
+      log "downloading $url"
+      fetch "$url" "$file.part" || manual "$url"
+      mv "$file.part" "$file"
+    fi
+    archives+=("$file")
+  done <<< "$urls"
+  python "$prepare" unpack --subset "$subset" "$dir" "${archives[@]}"
+  touch "$dir/.done.$subset"
+  if $remove_archives; then
+    rm -f "${archives[@]}"
+  fi
+done
+python "$prepare" check-layout --subsets "$subsets" "$dir"
+log "DNS 5 subsets $subsets are complete in $dir/datasets_fullband"
