@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SCORING_REFS
+from helpers import SCORING_DATA
 from scipy.signal import butter, sosfiltfilt
 
 from se.bin import score as score_cli
@@ -20,8 +20,8 @@ from se.metrics.plcmos import model_path, plcmos
 
 @pytest.fixture(scope="module")
 def pair():
-    ref, fs = sf.read(SCORING_REFS / "speech.wav", dtype="float64")
-    deg, _ = sf.read(SCORING_REFS / "speech_bab_0dB.wav", dtype="float64")
+    ref, fs = sf.read(SCORING_DATA / "speech.wav", dtype="float64")
+    deg, _ = sf.read(SCORING_DATA / "speech_bab_0dB.wav", dtype="float64")
     return ref, deg, fs
 
 
