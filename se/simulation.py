@@ -410,7 +410,8 @@ def _fit(x: np.ndarray, n: int) -> np.ndarray:
 class Simulator:
     """Draws and builds degraded items from source data dirs at one sample rate.
 
-    ``stage_seconds`` accumulates the time spent in each stage (for benchmarks and logs).
+    ``stage_seconds`` accumulates the CPU time of this process spent in each stage (benchmarks,
+    logs; CPU time, not wall-clock, so that a busy machine does not inflate it).
     """
 
     def __init__(self, config: SimulationConfig, sampling_rate: int):
@@ -509,37 +510,37 @@ class Simulator:
         length of the drawn speech file). ``draws`` always has the same keys (None = not drawn)."""
         c = self.config
         t = self.stage_seconds
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         speech, draws = self.crop_speech(rng, length)
         n = len(speech)
         noise, noise_draws = self.read_noise(rng, n)
         draws.update(noise_draws, num_samples=n, fs=self.fs)
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         t["read"] += t1 - t0
 
         draws.update(reverb=False, rir_source=None, rir_id=None, rir_samples=None)
         target = speech
         if self.rir and rng.random() < c.p_reverb:
             h, rir_draws = self.read_rir(rng)
-            t2 = time.perf_counter()
+            t2 = time.process_time()
             t["read"] += t2 - t1
             speech, target = reverberate(speech, h, self.fs, c.early_reflection_ms)
             draws.update(rir_draws, reverb=True)
-            t1 = time.perf_counter()
+            t1 = time.process_time()
             t["reverberation"] += t1 - t2
 
         draws["snr_db"] = float(rng.uniform(*c.snr_db))
         noise, draws["noise_gain"] = mix_at_snr(speech, noise, draws["snr_db"], self.fs)
         noisy = speech + noise
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         t["mix"] += t2 - t1
 
         noisy = self.apply_effects(rng, noisy, draws)
 
-        t3 = time.perf_counter()
+        t3 = time.process_time()
         draws["level_dbfs"] = float(rng.uniform(*c.level_dbfs))
         noisy, target, draws["gain"] = scale_level(noisy, target, draws["level_dbfs"])
-        t["scaling"] += time.perf_counter() - t3
+        t["scaling"] += time.process_time() - t3
         return noisy, target, draws
 
     def apply_effects(self, rng: np.random.Generator, x: np.ndarray, draws: dict) -> np.ndarray:
@@ -547,26 +548,26 @@ class Simulator:
         draws.update(bandwidth_rate=None, clip_threshold=None, clip_level=None, codec=None,
                      codec_compression_level=None, packet_loss_rate=None, lost_frames=None)
         if rng.random() < c.bandwidth_limitation.p:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             rate = int(self.bandwidth_rates[int(rng.integers(0, len(self.bandwidth_rates)))])
             x = bandwidth_limit(x, self.fs, rate)
             draws["bandwidth_rate"] = rate
-            t["bandwidth_limitation"] += time.perf_counter() - t0
+            t["bandwidth_limitation"] += time.process_time() - t0
         if rng.random() < c.clipping.p:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             draws["clip_threshold"] = float(rng.uniform(*c.clipping.threshold))
             x, draws["clip_level"] = clip(x, draws["clip_threshold"])
-            t["clipping"] += time.perf_counter() - t0
+            t["clipping"] += time.process_time() - t0
         if rng.random() < c.codec.p:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             formats = c.codec.formats if self.fs in OPUS_RATES else [f for f in c.codec.formats if f != "opus"]
             if formats:
                 draws["codec"] = formats[int(rng.integers(0, len(formats)))]
                 draws["codec_compression_level"] = float(rng.uniform(*c.codec.compression_level))
                 x = codec(x, self.fs, draws["codec"], draws["codec_compression_level"])
-            t["codec"] += time.perf_counter() - t0
+            t["codec"] += time.process_time() - t0
         if rng.random() < c.packet_loss.p:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             pl = c.packet_loss
             frame = max(1, int(round(self.fs * pl.frame_ms / 1000)))
             rate = float(rng.uniform(*pl.loss_rate))
@@ -574,7 +575,7 @@ class Simulator:
             x = packet_loss(x, self.fs, lost, pl.frame_ms)
             draws["packet_loss_rate"] = rate
             draws["lost_frames"] = ",".join(map(str, lost.tolist()))
-            t["packet_loss"] += time.perf_counter() - t0
+            t["packet_loss"] += time.process_time() - t0
         return x
 
 

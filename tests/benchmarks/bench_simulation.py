@@ -15,7 +15,7 @@ noise files of 10 s, pyroomacoustics RIRs (local/simulate_rirs.py, RT60 0.3-0.9 
    workers, start-up included), which does not depend on what else the machine runs: twice
    it is the rate two otherwise idle cores give.
 2. Stage costs: the simulator in this process with every stage forced on (p_reverb 1, each
-   effect p 1): milliseconds per call of read (speech, noise and RIR files), reverberation (two
+   effect p 1): CPU milliseconds per call (Simulator.stage_seconds) of read (speech, noise and RIR files), reverberation (two
    FFT convolutions), mixing (active-speech SNR), each effect and level scaling; and the
    expected cost per item at the training probabilities.
 """
@@ -108,7 +108,7 @@ def loader_rate(block: dict, fs: int, seconds: float, workers: int, items: int) 
 
 
 def stage_costs(sources: dict, fs: int, seconds: float, items: int) -> dict:
-    """ms per call of each stage, with every stage on."""
+    """CPU ms per call of each stage, with every stage on."""
     sim = Simulator(parse_config(training_block(sources, fs, 1.0, 1.0), "bench"), fs)
     n = int(seconds * fs)
     for i in range(3):  # warm-up (codec libraries, FFT plans)
@@ -141,7 +141,7 @@ def main() -> int:
                       f"per CPU-second (x 2 = {2 * per_cpu_s:6.1f}/s on 2 idle cores)", flush=True)
             costs = stage_costs(sources, fs, seconds, args.stage_items)
             prob = {"read": 1.0, "mix": 1.0, "scaling": 1.0, "reverberation": 0.3, **{e: 0.1 for e in EFFECTS}}
-            print(f"  stage costs, ms per call (every stage on, {args.stage_items} items, one process):")
+            print(f"  stage costs, CPU ms per call (every stage on, {args.stage_items} items, one process):")
             expected = 0.0
             for stage in ("read", "reverberation", "mix", *EFFECTS, "scaling"):
                 ms = costs.get(stage, 0.0)  # read: speech, noise and (always, here) the RIR file
