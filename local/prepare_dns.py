@@ -65,7 +65,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from se.audio import AudioError  # noqa: E402
+from se import cli  # noqa: E402
 
 log = logging.getLogger("prepare_dns")
 
@@ -107,7 +107,7 @@ SPEAKER_REGEX = {
 }
 
 
-class CorpusError(RuntimeError):
+class CorpusError(cli.UserError):
     """The corpus on disk is missing, incomplete or damaged; the message says what to do."""
 
 
@@ -447,44 +447,39 @@ def _rates(text: str) -> list[int]:
     return rates
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
-    errors: tuple = (CorpusError, AudioError)
-    if args.command in ("prepare", "test-sets"):  # se.data imports torch: not for the quick commands
-        from se.data import DataDirError
-
-        errors += (DataDirError,)
-    try:
-        if args.command == "urls":
-            for s in parse_subsets(args.subsets):
-                for blob in BLOBS[s]:
-                    print(f"{args.base_url.rstrip('/')}/{blob} {s}")
-        elif args.command == "unpack":
-            unpack(Path(args.root), args.subset, [Path(a) for a in args.archives])
-        elif args.command == "check-layout":
-            check_layout(Path(args.root), parse_subsets(args.subsets))
-            log.info("%s: subsets %s present", args.root, args.subsets)
-        elif args.command == "prepare":
-            if not (0 <= args.valid_fraction < 1 and 0 <= args.test_fraction < 1):
-                raise CorpusError("--valid-fraction and --test-fraction must be in [0, 1)")
-            regex = {}
-            for item in args.speaker_regex:
-                subset, sep, pattern = item.partition("=")
-                if not sep or subset not in SPEECH_SUBSETS:
-                    raise CorpusError(f"--speaker-regex {item!r}: expected SUBSET=REGEX with a speech subset "
-                                      f"({' '.join(SPEECH_SUBSETS)})")
-                regex[subset] = pattern
-            prepare(Path(args.root), Path(args.out_dir), Path(args.dump_dir), parse_subsets(args.subsets),
-                    _rates(args.rates), args.valid_fraction, args.test_fraction, args.seed, regex, args.nj)
-        else:
-            made = prepare_test_sets(Path(args.root), Path(args.out_dir), Path(args.dump_dir), _rates(args.rates), args.nj)
-            log.info("official test sets: %s", " ".join(made) or "none found")
-            print(" ".join(made))
-    except errors as exc:
-        log.error("%s", exc)
-        return 1
+    if args.command == "urls":
+        for s in parse_subsets(args.subsets):
+            for blob in BLOBS[s]:
+                print(f"{args.base_url.rstrip('/')}/{blob} {s}")
+    elif args.command == "unpack":
+        unpack(Path(args.root), args.subset, [Path(a) for a in args.archives])
+    elif args.command == "check-layout":
+        check_layout(Path(args.root), parse_subsets(args.subsets))
+        log.info("%s: subsets %s present", args.root, args.subsets)
+    elif args.command == "prepare":
+        if not (0 <= args.valid_fraction < 1 and 0 <= args.test_fraction < 1):
+            raise CorpusError("--valid-fraction and --test-fraction must be in [0, 1)")
+        regex = {}
+        for item in args.speaker_regex:
+            subset, sep, pattern = item.partition("=")
+            if not sep or subset not in SPEECH_SUBSETS:
+                raise CorpusError(f"--speaker-regex {item!r}: expected SUBSET=REGEX with a speech subset "
+                                  f"({' '.join(SPEECH_SUBSETS)})")
+            regex[subset] = pattern
+        prepare(Path(args.root), Path(args.out_dir), Path(args.dump_dir), parse_subsets(args.subsets),
+                _rates(args.rates), args.valid_fraction, args.test_fraction, args.seed, regex, args.nj)
+    else:
+        made = prepare_test_sets(Path(args.root), Path(args.out_dir), Path(args.dump_dir), _rates(args.rates), args.nj)
+        log.info("official test sets: %s", " ".join(made) or "none found")
+        print(" ".join(made))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="local/prepare_dns.py")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from se import cli  # noqa: E402
 from se.audio import write_audio  # noqa: E402
 from se.checkpoint import atomic_write_text  # noqa: E402
 from se.data import write_source_dir  # noqa: E402
@@ -68,22 +69,18 @@ def room_rir(room: dict, fs: int) -> np.ndarray:
     return h / np.max(np.abs(h))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="local/simulate_rirs.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--fs", type=int, required=True, choices=(16000, 48000), help="sample rate")
-    p.add_argument("--num", type=int, required=True, help="number of RIRs")
+    p.add_argument("--num", type=cli.positive_int, required=True, help="number of RIRs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", required=True, help="source data dir to write (wavs under <out-dir>/wav)")
     p.add_argument("--rt60", type=float, nargs=2, default=(0.2, 0.8), metavar=("MIN", "MAX"),
                    help="reverberation time range in seconds")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
-    if args.num < 1:
-        log.error("--num must be at least 1, got %d", args.num)
-        return 1
     if not 0.05 <= args.rt60[0] <= args.rt60[1] <= 3.0:
-        log.error("--rt60 must be MIN MAX with 0.05 <= MIN <= MAX <= 3.0 seconds, got %s", args.rt60)
-        return 1
+        raise cli.UserError(f"--rt60 must be MIN MAX with 0.05 <= MIN <= MAX <= 3.0 seconds, got {args.rt60}")
     out = Path(args.out_dir)
     paths, lengths, rows = {}, {}, []
     t_start = last = time.time()
@@ -106,6 +103,10 @@ def main(argv=None) -> int:
     write_source_dir(out, {k: str(v) for k, v in paths.items()}, lengths, args.fs)
     log.info("wrote %d RIRs at %d Hz to %s", args.num, args.fs, out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="local/simulate_rirs.py")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ import torch
 from scipy import fft as sp_fft
 
 from se.audio import AudioError, norm_gain, read_audio
+from se.cli import UserError
 from se.data import SourceDir
 from se.resample import resample
 
@@ -82,7 +83,7 @@ CODECS = {"mp3": ("MP3", "MPEG_LAYER_III"), "vorbis": ("OGG", "VORBIS"), "opus":
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
-class SimulationError(ValueError):
+class SimulationError(UserError, ValueError):
     """A bad ``simulation:`` block or source; the message names the key or the file."""
 
 

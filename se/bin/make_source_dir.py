@@ -35,6 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from se import cli
 from se.audio import AudioError, audio_info
 from se.data import DataDirError
 
@@ -197,14 +198,14 @@ def make_source_dir(
     return lengths
 
 
-def main(argv=None) -> int:
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m se.bin.make_source_dir", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument("--audio-dir", action="append", required=True, help="folder scanned recursively (repeatable)")
     p.add_argument("--out", required=True, help="source data dir to write")
-    p.add_argument("--fs", type=int, required=True, help="sample rate of the source dir")
+    p.add_argument("--fs", type=cli.positive_int, required=True, help="sample rate of the source dir")
     p.add_argument("--resample-dir", default=None, help="where resampled files go (default OUT/wav)")
     p.add_argument("--utt2spk-regex", default=None, help="speaker from the relative path (group 'spk', else first group, else match)")
     p.add_argument("--first-channel", action="store_true", help="use channel 0 of multi-channel files (RIRs)")
@@ -212,40 +213,38 @@ def main(argv=None) -> int:
                    help="write OUT_train, OUT_valid and OUT_test: these fractions of the speakers (with "
                    "--utt2spk-regex) or files held out for validation and test")
     p.add_argument("--seed", type=int, default=0, help="seed of the --holdout split")
-    p.add_argument("--nj", type=int, default=1, help="resampling processes")
+    p.add_argument("--nj", type=cli.positive_int, default=1, help="resampling processes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
-    try:
-        if args.fs <= 0:
-            raise DataDirError(f"--fs must be a positive sample rate, got {args.fs}")
-        sources = scan_audio(args.audio_dir)
-        utt2spk = speakers(sources, args.utt2spk_regex) if args.utt2spk_regex else None
-        if args.holdout is None:
-            parts = {"": sources}
-        else:
-            valid, test = args.holdout
-            if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
-                raise DataDirError(f"--holdout {valid} {test}: fractions must be in [0, 1) with a sum below 1")
-            parts = {f"_{k}": v for k, v in split_sources(sources, utt2spk, valid, test, args.seed).items()}
-            wanted = {"_train": 1.0, "_valid": valid, "_test": test}
-            empty = [k[1:] for k, v in parts.items() if not v and wanted[k] > 0]
-            if empty:
-                unit = "speakers" if utt2spk else "files"
-                raise DataDirError(f"{args.audio_dir[0]}: too few {unit} ({len(sources)} files) for a "
-                                   f"{'/'.join(empty)} set; need 3 or more {unit}")
-        rdir = args.resample_dir or str(Path(args.out) / "wav")  # one resampled copy for all parts
-        for suffix, part in parts.items():
-            if not part:
-                continue
-            out = f"{args.out}{suffix}"
-            spk = {s.id: utt2spk[s.id] for s in part} if utt2spk else None
-            make_source_dir(part, out, args.fs, rdir, spk, args.first_channel, args.nj)
-            extra = f", {len(set(spk.values()))} speakers" if spk else ""
-            log.info("%s: %d files at %d Hz%s", out, len(part), args.fs, extra)
-    except (DataDirError, AudioError) as exc:
-        log.error("%s", exc)
-        return 1
+    sources = scan_audio(args.audio_dir)
+    utt2spk = speakers(sources, args.utt2spk_regex) if args.utt2spk_regex else None
+    if args.holdout is None:
+        parts = {"": sources}
+    else:
+        valid, test = args.holdout
+        if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
+            raise DataDirError(f"--holdout {valid} {test}: fractions must be in [0, 1) with a sum below 1")
+        parts = {f"_{k}": v for k, v in split_sources(sources, utt2spk, valid, test, args.seed).items()}
+        wanted = {"_train": 1.0, "_valid": valid, "_test": test}
+        empty = [k[1:] for k, v in parts.items() if not v and wanted[k] > 0]
+        if empty:
+            unit = "speakers" if utt2spk else "files"
+            raise DataDirError(f"{args.audio_dir[0]}: too few {unit} ({len(sources)} files) for a "
+                               f"{'/'.join(empty)} set; need 3 or more {unit}")
+    rdir = args.resample_dir or str(Path(args.out) / "wav")  # one resampled copy for all parts
+    for suffix, part in parts.items():
+        if not part:
+            continue
+        out = f"{args.out}{suffix}"
+        spk = {s.id: utt2spk[s.id] for s in part} if utt2spk else None
+        make_source_dir(part, out, args.fs, rdir, spk, args.first_channel, args.nj)
+        extra = f", {len(set(spk.values()))} speakers" if spk else ""
+        log.info("%s: %d files at %d Hz%s", out, len(part), args.fs, extra)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="se.bin.make_source_dir")
 
 
 if __name__ == "__main__":

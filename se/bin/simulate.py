@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from se.audio import AudioError, write_audio
+from se import cli
+from se.audio import write_audio
 from se.checkpoint import atomic_write_text
-from se.data import DataDirError, SourceDir, item_rng, write_scp
+from se.data import SourceDir, item_rng, write_scp
 from se.simulation import SimulationError, Simulator, load_block, parse_config, snr_on_active
 
 log = logging.getLogger("se.simulate")
@@ -126,14 +127,14 @@ def run(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
-    try:
-        return run(args)
-    except (SimulationError, DataDirError, AudioError) as exc:
-        log.error("%s", exc)
-        return 1
+    return run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="se.bin.simulate")
 
 
 if __name__ == "__main__":
