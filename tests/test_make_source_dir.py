@@ -97,7 +97,7 @@ def test_multichannel_rirs(tmp_path):
     ("regex", "does not match its path"),
     ("unreadable", "not a readable audio file"),
 ])  # fmt: skip
-def test_errors_name_the_file(tmp_path, caplog, case, message):
+def test_errors_name_the_file(tmp_path, capsys, case, message):
     d = tmp_path / "in"
     d.mkdir()
     args = ["--audio-dir", str(d), "--out", str(tmp_path / "out"), "--fs", "16000"]
@@ -119,8 +119,9 @@ def test_errors_name_the_file(tmp_path, caplog, case, message):
         rc, err = out.returncode, out.stderr
         assert "Traceback" not in err
     else:
-        caplog.clear()
-        rc, err = main(args), caplog.text
+        capsys.readouterr()
+        rc, err = main(args), capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
     assert rc == 1
     assert message in err
     assert not (tmp_path / "out").exists()

@@ -231,7 +231,7 @@ def test_packet_loss_zeros_exactly_the_drawn_frames(sources):
         assert np.all(frame == 0) == (k in lost), k
 
 
-def test_simulate_cli_writes_a_set_that_matches_its_tsv(sources, tmp_path, caplog):
+def test_simulate_cli_writes_a_set_that_matches_its_tsv(sources, tmp_path, caplog, capsys):
     import yaml
 
     conf = tmp_path / "sim.yaml"
@@ -259,9 +259,9 @@ def test_simulate_cli_writes_a_set_that_matches_its_tsv(sources, tmp_path, caplo
         assert np.array_equal(clean.astype(np.float32), sf.read(spk1[r["utt"]], dtype="float32")[0])
     # the same arguments give the same set; an existing set is refused without --overwrite
     first = sf.read(wav[rows[0]["utt"]])[0]
-    caplog.clear()
+    capsys.readouterr()
     assert simulate_cli.main(args) == 1
-    assert "already holds a simulated set" in caplog.text
+    assert "already holds a simulated set" in capsys.readouterr().err
     assert simulate_cli.main(args + ["--overwrite", "--length", "0.5"]) == 0
     assert all(int(v) == FS // 2 for v in read_scp(out / "utt2num_samples").values())
     assert not np.array_equal(first[: FS // 2], sf.read(wav[rows[0]["utt"]])[0])  # cropped anew
@@ -286,7 +286,7 @@ def test_bad_config_keys_give_one_line_errors(sources, change, message):
     assert "\n" not in str(err.value)
 
 
-def test_bad_sources_and_cli_errors(sources, tmp_path, caplog):
+def test_bad_sources_and_cli_errors(sources, tmp_path, capsys):
     with pytest.raises(SimulationError, match="bandwidth_limitation.rates .* none is below the sample rate 16000"):
         simulator(sources, bandwidth_limitation={"p": 0.5, "rates": [16000, 22050]})
     bad = tmp_path / "bad"
@@ -302,12 +302,12 @@ def test_bad_sources_and_cli_errors(sources, tmp_path, caplog):
     conf = tmp_path / "sim.yaml"
     conf.write_text("speech: [{data: %s}]\nnoise: [{data: %s}]\np_reverb: 0\nlevel: 3\n"
                     % (sources / "speech_dir", sources / "noise_dir"))
-    caplog.set_level(logging.INFO)
     args = ["--config", str(conf), "--seed", "0", "--num", "2", "--out-dir", str(tmp_path / "o")]
+    capsys.readouterr()
     assert simulate_cli.main(args) == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "\n" not in errors[0]
-    assert errors[0].startswith(f"{conf}: unknown key simulation.level")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"se.bin.simulate: error: {conf}: unknown key simulation.level")
     assert not (tmp_path / "o").exists()
 
 
@@ -326,7 +326,7 @@ def test_train_cli_takes_the_block_instead_of_train_data(sources, tmp_path, caps
     assert f"{conf}: unknown key simulation.snr." in capsys.readouterr().err
 
 
-def test_unreadable_source_file_names_the_scp_line(sources, tmp_path, caplog):
+def test_unreadable_source_file_names_the_scp_line(sources, tmp_path, capsys):
     speech = SourceDir(sources / "speech_dir")
     paths = dict(zip(speech.ids, speech.paths))
     broken = tmp_path / "broken.wav"
@@ -342,10 +342,10 @@ def test_unreadable_source_file_names_the_scp_line(sources, tmp_path, caplog):
     conf.write_text("speech: [{data: %s}]\nnoise: [{data: %s}]\np_reverb: 0\n"
                     % (tmp_path / "speech_dir", sources / "noise_dir"))
     out = tmp_path / "set"
-    caplog.set_level(logging.INFO)
+    capsys.readouterr()
     assert simulate_cli.main(["--config", str(conf), "--seed", "0", "--num", "20", "--out-dir", str(out)]) == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "wav.scp line 3" in errors[0]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wav.scp line 3" in err and "Traceback" not in err
     assert out.is_dir() and not any(out.iterdir())
 
 
