@@ -498,7 +498,7 @@ class GANTrainStep(TrainStep):
         q: (B,) normalised PESQ with NaN for failed items.  The second term runs on the whole
         batch with weight 0 for failed items (the mean over the others; 0 when all failed), so
         every process runs the same forwards and backwards, and so the same DDP collectives,
-        whatever PESQ returned.  With ``scale``, each term is back-propagated (times scale)
+        whatever PESQ returned (failed items still enter D's BatchNorm batch statistics).  With ``scale``, each term is back-propagated (times scale)
         right after its forward.  Returns (L_D, n_failed).
         """
         disc = self.modules["discriminator"]
