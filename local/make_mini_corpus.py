@@ -82,10 +82,15 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--fs", type=int, default=16000)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--max-per-set", type=int, default=0,
+                   help="only the first N utterances of each set (the same files as the full corpus's); 0 = all")
     args = p.parse_args(argv)
+    if args.max_per_set < 0:
+        p.error(f"--max-per-set must be >= 0, got {args.max_per_set}")
     out = Path(args.out_dir)
+    written = 0
     for s, (count, seconds) in SETS.items():
-        for i in range(count):
+        for i in range(min(count, args.max_per_set or count)):
             rng = np.random.default_rng([args.seed, list(SETS).index(s), i])
             n = int(seconds * args.fs * rng.uniform(0.8, 1.2))
             clean = speech_like(rng, n, args.fs)
@@ -95,7 +100,8 @@ def main(argv=None) -> int:
             utt = f"mini_{s}_{i:03d}"
             write_audio(out / s / "clean" / f"{utt}.wav", clean, args.fs, "FLOAT")
             write_audio(out / s / "noisy" / f"{utt}.wav", clean + nz, args.fs, "FLOAT")
-    print(f"wrote {sum(c for c, _ in SETS.values())} noisy/clean pairs at {args.fs} Hz under {out}")
+            written += 1
+    print(f"wrote {written} noisy/clean pairs at {args.fs} Hz under {out}")
     return 0
 
 
