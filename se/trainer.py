@@ -610,6 +610,10 @@ class Trainer:
             noisy, _ = read_audio(u.noisy, expected_rate=rate)
             clean, _ = read_audio(u.clean, expected_rate=rate)
             est = enhance_signal(model, noisy, segment=10 * rate, overlap=rate, device=self.dist.device)
+            if not np.isfinite(est).all():
+                log.warning("validation example %s: the enhanced signal is NOT FINITE (not scored or logged)", u.utt)
+                scores["si_sdr"].append(math.nan)
+                continue
             scores["si_sdr"].append(si_sdr(clean, est))
             try:
                 scores["pesq_wb"].append(pesq_wb(resample(clean, rate, 16000), resample(est, rate, 16000)))
