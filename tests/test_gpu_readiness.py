@@ -339,6 +339,20 @@ def test_resume_of_two_processes_restores_each_process_rng(two_processes):
     assert len(state["rng_per_rank"]) == 2 and state["world_size"] == 2
 
 
+def test_resume_with_fewer_processes_takes_its_own_rank_state(caplog):
+    from se.trainer import restore_rng_states, rng_state
+
+    cpu = torch.device("cpu")
+    states = []
+    for seed in (1, 2):  # what two processes saved
+        torch.manual_seed(seed)
+        states.append(rng_state(cpu))
+    torch.manual_seed(3)
+    restore_rng_states({"rng": states[0], "rng_per_rank": states, "step": 5}, {"seed": 0}, Dist())
+    assert torch.equal(torch.get_rng_state(), states[0]["torch"])
+    assert "RNG states of 2 process(es), this run has 1" in caplog.text
+
+
 def test_initial_weights_agree_and_dropout_streams_differ_between_processes():
     conf = {"network": "FRCRN_SE_16K", "network_kwargs": FRCRN_TINY, "seed": 4}
     s0, s1 = build_step(conf, Dist(0, 0, 2)), build_step(conf, Dist(1, 1, 2))
