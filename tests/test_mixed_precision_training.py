@@ -80,3 +80,45 @@ def test_bf16_two_epochs_with_validation_examples_then_enhance(mini, tmp_path, n
         x, rate = sf.read(out / f"{name}.wav")
         ref = sf.info(str(mini / f"corpus{fs}" / "test" / "noisy" / f"{name}.wav"))
         assert rate == fs and len(x) == ref.frames and np.isfinite(x).all() and np.abs(x).max() > 0
+
+
+# fp16: CPU autocast supports it; MossFormerGAN_SE_16K is left out here (CPU fp16 convolutions
+# took ~50 s for one step of the tiny generator); tests/gpu/acceptance.py covers all on a GPU
+@pytest.mark.parametrize("network,kwargs", [
+    ("FRCRN_SE_16K", {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}),
+    ("MossFormer2_SE_48K", {"num_blocks": 1, "width": 32, "query_key_dim": 16, "fsmn_inner": 16,
+                            "fsmn_lorder": 3}),
+])
+def test_fp16_updates_with_the_grad_scaler_under_cpu_autocast(network, kwargs):
+    import functools
+
+    import torch
+
+    from se import config
+    from se.trainer import Dist, build_step, data_features, resolve_config
+    from tests.helpers import tone_pair
+
+    conf = resolve_config(config.load(None, {"network": network, "network_kwargs": kwargs, "fbank_dither": 0.0}))
+    step = build_step(conf, Dist())
+    step.build_optimizers()
+    step.autocast = functools.partial(torch.autocast, device_type="cpu", dtype=torch.float16)
+    step.grad_scaler = torch.amp.GradScaler("cpu")  # what the trainer sets up for fp16 (on CUDA)
+    noisy, clean = (torch.from_numpy(x).float()[None] for x in tone_pair(0.3, conf["sampling_rate"], seed=1))
+    features = data_features(conf)
+    extra = {} if features is None else {"features": features(noisy[0].numpy(), np.random.default_rng(0))[None]}
+    before = [p.detach().clone() for p in step.modules["model"].parameters()]
+    outcomes = []
+    for _ in range(20):  # early overflow skips lower the scale until an update goes through
+        parts = step.micro_step(noisy, clean, 1.0, **extra)
+        assert all(np.isfinite(v) for v in parts.values())
+        upd = step.update(loss_finite=True)
+        assert upd["nonfinite"] == 0
+        outcomes.append(upd["scaler_overflow"])
+        if not upd["scaler_overflow"]:
+            break
+    assert outcomes[-1] == 0 and step.grad_scaler.get_scale() == 65536.0 / 2 ** (len(outcomes) - 1)
+    after = list(step.modules["model"].parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))  # the update was applied
+    for m in step.modules.values():
+        m.eval()
+    assert np.isfinite(step.valid_step(noisy, clean, **extra)["loss"])
