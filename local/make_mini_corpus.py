@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from se import cli  # noqa: E402
 from se.audio import write_audio  # noqa: E402
 
 SETS = {"train": (96, 2.0), "valid": (8, 2.0), "test": (8, 3.0)}  # utterances, seconds
@@ -77,17 +78,15 @@ def noise(rng: np.random.Generator, n: int, fs: int) -> np.ndarray:
     return y / (np.sqrt(np.mean(y**2)) + 1e-12)
 
 
-def main(argv=None) -> int:
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--fs", type=int, default=16000)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--max-per-set", type=int, default=0,
+    p.add_argument("--fs", type=cli.positive_int, default=16000)
+    p.add_argument("--seed", type=cli.nonneg_int, default=1234)
+    p.add_argument("--max-per-set", type=cli.nonneg_int, default=0,
                    help="only the first N utterances of each set (the same files as the full corpus's); 0 = all")
     args = p.parse_args(argv)
-    if args.max_per_set < 0:
-        p.error(f"--max-per-set must be >= 0, got {args.max_per_set}")
-    out = Path(args.out_dir)
+    out = cli.check_output_dir(args.out_dir, "--out-dir")
     written = 0
     for s, (count, seconds) in SETS.items():
         for i in range(min(count, args.max_per_set or count)):
@@ -103,6 +102,10 @@ def main(argv=None) -> int:
             written += 1
     print(f"wrote {written} noisy/clean pairs at {args.fs} Hz under {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="local/make_mini_corpus.py")
 
 
 if __name__ == "__main__":

@@ -29,16 +29,18 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import shutil
 import sys
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from se.audio import AudioError, audio_info, read_audio, write_audio  # noqa: E402
+from se import cli  # noqa: E402
+from se.audio import audio_info, read_audio, write_audio  # noqa: E402
 from se.resample import resample  # noqa: E402
 
-# se.data (and torch with it) is imported for `prepare` only: verifying and unpacking stay quick.
+# se.data (and torch with it) is imported for `prepare` and `unpack` only: verifying stays quick.
 
 log = logging.getLogger("prepare_voicebank_demand")
 
@@ -52,7 +54,7 @@ EXPECTED = {"train": 11572, "test": 824}
 NATIVE_RATE = 48000
 
 
-class CorpusError(RuntimeError):
+class CorpusError(cli.UserError):
     """The corpus on disk is missing, incomplete or damaged; the message says what to do."""
 
 
@@ -130,15 +132,13 @@ def unpack(archive: Path, root: Path, expected: int) -> Path:
     out = root / folder
     out.mkdir(parents=True, exist_ok=True)
     log.info("%s: %d wav files, integrity OK; extracting into %s", archive, len(wavs), out)
+    from se.checkpoint import atomic_write  # the one atomic writer (temp file + rename, 0644)
+
     with zipfile.ZipFile(archive) as z:
         for m in wavs:
             # flatten whatever folder the archive uses; the utterance id is the file name
-            target = out / PurePosixPath(m.filename).name
-            tmp = target.with_name(f".{target.name}.tmp")
-            with z.open(m) as src, open(tmp, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            tmp.replace(target)
+            with z.open(m) as src:
+                atomic_write(out / PurePosixPath(m.filename).name, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
     return out
 
 
@@ -243,12 +243,12 @@ def get_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check-layout", help="verify an unpacked corpus")
     c.add_argument("root")
-    c.add_argument("--expected-train", type=int, default=EXPECTED["train"], help="wavs per training folder")
-    c.add_argument("--expected-test", type=int, default=EXPECTED["test"], help="wavs per test folder")
+    c.add_argument("--expected-train", type=cli.positive_int, default=EXPECTED["train"], help="wavs per training folder")
+    c.add_argument("--expected-test", type=cli.positive_int, default=EXPECTED["test"], help="wavs per test folder")
     u = sub.add_parser("unpack", help="verify a zip archive, then extract it into ROOT/<archive name>/")
     u.add_argument("archive")
     u.add_argument("root")
-    u.add_argument("--expected", type=int, required=True, help="number of wav files in the archive")
+    u.add_argument("--expected", type=cli.positive_int, required=True, help="number of wav files in the archive")
     r = sub.add_parser("prepare", help="data dirs for train, valid and test at every rate")
     r.add_argument("root")
     r.add_argument("--out-dir", required=True, help="data dirs go to OUT_DIR/<16k|48k>/<set>")
@@ -256,7 +256,7 @@ def get_parser() -> argparse.ArgumentParser:
     r.add_argument("--valid-speakers", default="p226 p287", help="training speakers held out as valid")
     r.add_argument("--rates", default="16000 48000", help="sample rates of the data dirs")
     r.add_argument("--sets", default="train valid test", help="sets to prepare")
-    r.add_argument("--nj", type=int, default=4, help="resampling processes")
+    r.add_argument("--nj", type=cli.positive_int, default=4, help="resampling processes")
     return p
 
 
@@ -264,32 +264,29 @@ def words(text: str) -> list[str]:
     return text.replace(",", " ").split()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    errors: tuple = (CorpusError, AudioError)
-    if args.command == "prepare":
-        from se.data import DataDirError
-
-        errors += (DataDirError,)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
-    try:
-        if args.command == "check-layout":
-            check_layout(Path(args.root), {"train": args.expected_train, "test": args.expected_test})
-            log.info("%s: complete (%d training and %d test pairs)", args.root, args.expected_train, args.expected_test)
-        elif args.command == "unpack":
-            unpack(Path(args.archive), Path(args.root), args.expected)
-        else:
-            sets = words(args.sets)
-            unknown = sorted(set(sets) - {"train", "valid", "test"})
-            if unknown or not sets:
-                raise CorpusError(f"--sets: expected some of train valid test, got {args.sets!r}")
-            rates = [int(r) for r in words(args.rates)]
-            prepare(Path(args.root), Path(args.out_dir), Path(args.dump_dir), words(args.valid_speakers),
-                    rates, sets, args.nj)
-    except errors as exc:
-        log.error("%s", exc)
-        return 1
+    if args.command == "check-layout":
+        check_layout(Path(args.root), {"train": args.expected_train, "test": args.expected_test})
+        log.info("%s: complete (%d training and %d test pairs)", args.root, args.expected_train, args.expected_test)
+    elif args.command == "unpack":
+        unpack(Path(args.archive), Path(args.root), args.expected)
+    else:
+        sets = words(args.sets)
+        unknown = sorted(set(sets) - {"train", "valid", "test"})
+        if unknown or not sets:
+            raise CorpusError(f"--sets: expected some of train valid test, got {args.sets!r}")
+        if not all(r.isdigit() and int(r) > 0 for r in words(args.rates)) or not words(args.rates):
+            raise CorpusError(f"--rates: expected sample rates in Hz, e.g. '16000 48000', got {args.rates!r}")
+        rates = [int(r) for r in words(args.rates)]
+        prepare(Path(args.root), Path(args.out_dir), Path(args.dump_dir), words(args.valid_speakers),
+                rates, sets, args.nj)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="local/prepare_voicebank_demand.py")
 
 
 if __name__ == "__main__":

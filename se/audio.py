@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from se.cli import UserError
+
 # ClearVoice normalises every file to -25 dB RMS (two stages, see audio_norm).
 TARGET_LEVEL_DB = -25.0
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """A problem with an audio file that the user must fix (message names the file)."""
 
 
@@ -73,13 +74,15 @@ def read_audio(
     expected_rate: int | None = None,
     mono: bool = True,
     where: str = "",
+    dtype: str = "float32",
 ) -> tuple[np.ndarray, int]:
     """Read ``frames`` samples starting at ``start`` (only those are read from disk).
 
     ``expected_rate``: a file at another rate is an error (resampling belongs to data
     preparation, never to loading). ``mono``: multi-channel files are an error.
     ``where``: extra context for messages, e.g. "data/train/wav.scp line 12".
-    Returns float32 samples (frames,) and the sample rate.
+    Samples that are NaN or Inf are an error naming the file (and the first such sample).
+    Returns samples (frames,) of ``dtype`` (float32 or float64) and the sample rate.
     """
     ctx = f" ({where})" if where else ""
     try:
@@ -99,7 +102,7 @@ def read_audio(
         try:
             if start:
                 f.seek(start)
-            x = f.read(frames, dtype="float32", always_2d=False)
+            x = f.read(frames, dtype=dtype, always_2d=False)
         except Exception as exc:
             raise AudioError(f"{path}{ctx}: cannot read audio ({exc})") from exc
         rate = f.samplerate
@@ -107,11 +110,25 @@ def read_audio(
         x = x[:, 0]
     if x.size == 0:
         raise AudioError(f"{path}{ctx}: no samples")
+    check_finite(x, path, where, start)
     return x, rate
 
 
+def check_finite(x: np.ndarray, path, where: str = "", offset: int = 0) -> None:
+    """Raises AudioError naming the file when ``x`` holds NaN or Inf samples."""
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        ctx = f" ({where})" if where else ""
+        kinds = "NaN" if np.isnan(x[bad]).all() else ("Inf" if not np.isnan(x[bad]).any() else "NaN/Inf")
+        raise AudioError(
+            f"{path}{ctx}: {bad.size} non-finite ({kinds}) samples, the first at sample {offset + int(bad[0])}; "
+            "repair or remove the file"
+        )
+
+
 def write_audio(path: str | os.PathLike, x: np.ndarray, rate: int, subtype: str = "PCM_16") -> int:
-    """Write atomically (temp file + rename). Returns the number of samples that clipped.
+    """Write atomically (se.checkpoint.atomic_write). Returns the number of samples that clipped.
 
     For integer subtypes samples outside [-1, 1) would clip; they are counted and then
     limited explicitly (never silently), the caller reports the count.
@@ -124,13 +141,9 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, rate: int, subtype: str 
         limit = 1.0 - 2.0**-15
         clipped = int(np.count_nonzero(np.abs(x) > limit))
         x = np.clip(x, -1.0, limit)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, x, rate, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if not np.isfinite(x).all():  # never a NaN (FLOAT) or full-scale garbage (PCM) file
+        raise AudioError(f"{path}: refusing to write non-finite (NaN/Inf) samples")
+    from se.checkpoint import atomic_write
+
+    atomic_write(path, lambda f: sf.write(f, x, rate, subtype=subtype, format="WAV"))
     return clipped

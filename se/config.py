@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 
 import yaml
+
+from se.cli import UserError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,19 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "valid_utterances_to_log": (3, "fixed validation utterances scored and logged to tensorboard"),
 }
 
+# Allowed ranges of numeric keys: key -> (minimum, maximum or None, what to say).
+RANGES: dict[str, tuple[float, float | None]] = {
+    "sampling_rate": (0, None), "win_len": (0, None), "win_inc": (0, None), "fft_len": (0, None),
+    "num_mels": (1, None), "fbank_dither": (0, None), "max_length": (1e-3, None), "batch_size": (1, None),
+    "accu_grad": (0, 1), "effec_batch_size": (1, None), "num_workers": (0, None), "seed": (0, None),
+    "init_learning_rate": (0, None), "finetune_learning_rate": (0, None), "disc_learning_rate": (0, None),
+    "weight_decay": (0, None), "clip_grad_norm": (0, None), "max_epoch": (0, None), "max_steps": (0, None),
+    "lr_halve_patience": (0, None), "early_stop_patience": (0, None), "pesq_workers": (0, None),
+    "max_bad_steps": (1, None), "min_init_loaded_fraction": (0, 1), "train_from_last_checkpoint": (0, 1),
+    "checkpoint_save_freq": (0, None), "keep_checkpoints": (0, None), "keep_best": (0, None),
+    "print_freq": (1, None), "valid_utterances_to_log": (0, None),
+}
+
 # Keys that ClearVoice train YAMLs carry and that have no meaning here.
 CLEARVOICE_IGNORED = {
     "mode", "use_cuda", "num_gpu", "checkpoint_dir", "load_fbank", "tt_list", "local_rank",
@@ -76,7 +92,7 @@ CLEARVOICE_IGNORED = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -105,9 +121,14 @@ def _coerce(key: str, value, where: str):
             raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
     if isinstance(default, float):
         try:
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+        return number
     if isinstance(default, dict):
         if isinstance(value, str):
             value = yaml.safe_load(value) or {}
@@ -130,6 +151,11 @@ def update(conf: dict, values: dict, where: str) -> dict:
                 f"{where}: unknown config key '{key}'. Known keys: {', '.join(sorted(SCHEMA))}"
             )
         conf[key] = _coerce(key, value, where)
+        if key in RANGES:
+            low, high = RANGES[key]
+            if conf[key] < low or (high is not None and conf[key] > high):
+                span = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+                raise ConfigError(f"{where}: {key} must be {span}, got {value!r}")
     return conf
 
 
@@ -143,7 +169,10 @@ def load(path: str | Path | None, overrides: dict | None = None) -> dict:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            mark = getattr(exc, "problem_mark", None)
+            at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}{at}: not valid YAML ({what})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value lines")
         update(conf, data, str(path))

@@ -22,32 +22,52 @@ import numpy as np
 import torch
 
 from se.audio import AudioError, audio_info, norm_gain, read_audio
+from se.cli import UserError
 
 log = logging.getLogger(__name__)
 
 
-class DataDirError(ValueError):
+class DataDirError(UserError, ValueError):
     pass
 
 
-def read_scp(path: str | Path) -> dict[str, str]:
-    """``<key> <value>`` lines -> dict; errors name the file and line."""
+class DataCheckError(DataDirError, AudioError):
+    """validate_data_dir found problems; the message lists all of them, one per line."""
+
+
+def read_scp(path: str | Path, errors: list[str] | None = None, lines: dict[str, int] | None = None) -> dict[str, str]:
+    """``<key> <value>`` lines -> dict; errors name the file and line.
+
+    ``errors``: when given, every malformed or duplicate line is appended to it (and skipped)
+    instead of raising at the first. ``lines``: filled with key -> line number.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataDirError(f"{path}: not found")
     out: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2:
-                raise DataDirError(f"{path} line {lineno}: expected '<utt> <value>', got {line!r}")
-            key, value = parts
-            if key in out:
-                raise DataDirError(f"{path} line {lineno}: duplicate utterance id {key}")
-            out[key] = value
+    first: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                parts = line.split(maxsplit=1)
+                if len(parts) != 2:
+                    msg = f"{path} line {lineno}: expected '<utt> <value>', got {line!r}"
+                elif parts[0] in out:
+                    msg = f"{path} line {lineno}: duplicate utterance id {parts[0]} (first on line {first[parts[0]]})"
+                else:
+                    out[parts[0]] = parts[1]
+                    first[parts[0]] = lineno
+                    continue
+                if errors is None:
+                    raise DataDirError(msg)
+                errors.append(msg)
+    except UnicodeDecodeError:
+        raise DataDirError(f"{path}: not a text file (expected '<utt> <value>' lines)") from None
+    if lines is not None:
+        lines.update(first)
     return out
 
 
@@ -116,7 +136,12 @@ class DataDir:
                 ) from None
             self.utterances.append(Utterance(utt, noisy[utt], clean[utt], n))
         fs_file = self.path / "fs"
-        self.sampling_rate = int(fs_file.read_text().split()[0]) if fs_file.is_file() else None
+        self.sampling_rate = None
+        if fs_file.is_file():
+            text = fs_file.read_text().split()
+            if len(text) != 1 or not text[0].isdigit() or int(text[0]) <= 0:
+                raise DataDirError(f"{fs_file}: expected one positive integer (the sample rate), got {' '.join(text)!r}")
+            self.sampling_rate = int(text[0])
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -126,44 +151,19 @@ class DataDir:
         return f"{scp} line {scp_line(scp, utt)}"
 
 
-def validate_data_dir(path: str | Path, sampling_rate: int | None = None, check_audio: bool = True) -> DataDir:
-    """Checks a data dir completely; raises DataDirError / AudioError naming file and line."""
-    data = DataDir(path)
-    rate = sampling_rate or data.sampling_rate
-    if sampling_rate and data.sampling_rate and sampling_rate != data.sampling_rate:
-        raise DataDirError(
-            f"{data.path}/fs: directory is at {data.sampling_rate} Hz, expected {sampling_rate} Hz "
-            "(prepare the data at the network's rate)"
-        )
-    if not check_audio:
-        return data
-    for u in data.utterances:
-        infos = {}
-        for which, p in (("noisy", u.noisy), ("clean", u.clean)):
-            where = data.where(u.utt, which)
-            try:
-                info = audio_info(p)
-            except AudioError as exc:
-                raise AudioError(f"{exc} ({where})") from None
-            if info.channels != 1:
-                raise AudioError(f"{p} ({where}): {info.channels} channels, expected mono")
-            if rate and info.samplerate != rate:
-                raise AudioError(
-                    f"{p} ({where}): sample rate {info.samplerate} Hz, expected {rate} Hz; "
-                    "resample it in the data preparation stage"
-                )
-            infos[which] = info
-        if infos["noisy"].frames != infos["clean"].frames:
-            raise DataDirError(
-                f"{data.where(u.utt)}: noisy has {infos['noisy'].frames} samples but clean "
-                f"{u.clean} has {infos['clean'].frames}"
-            )
-        if infos["noisy"].frames != u.num_samples:
-            raise DataDirError(
-                f"{data.path / 'utt2num_samples'} line {scp_line(data.path / 'utt2num_samples', u.utt)}: "
-                f"{u.utt} says {u.num_samples} samples, the file has {infos['noisy'].frames}"
-            )
-    return data
+def validate_data_dir(path: str | Path, sampling_rate: int | None = None, check_audio: bool = True,
+                      nj: int = 1) -> DataDir:
+    """Checks a data dir completely (se.validate.check_data_dir: every file read to the end);
+    raises DataCheckError listing ALL errors, one per line. Returns the DataDir."""
+    from se.validate import check_data_dir
+
+    report = check_data_dir(path, sampling_rate, nj=nj, check_audio=check_audio)
+    for w in report.warnings:
+        log.warning("%s", w.message)
+    if report.errors:
+        lines = "\n  ".join(p.message for p in report.errors)
+        raise DataCheckError(f"{len(report.errors)} problem(s) in {path}:\n  {lines}")
+    return DataDir(path)
 
 
 def make_data_dir(pairs: dict[str, tuple[str, str]], out_dir: str | Path, sampling_rate: int | None = None) -> DataDir:
@@ -191,6 +191,8 @@ def make_data_dir(pairs: dict[str, tuple[str, str]], out_dir: str | Path, sampli
             )
         if ni.frames != ci.frames:
             raise AudioError(f"{noisy} has {ni.frames} samples but {clean} has {ci.frames}")
+        for p in (noisy, clean):
+            read_audio(p)  # the samples themselves: NaN/Inf is an error naming the file
         rates.add(ni.samplerate)
         lengths[utt] = ni.frames
     if len(rates) > 1:

@@ -3,8 +3,7 @@
 ClearVoice computes ``torchaudio.compliance.kaldi.fbank`` (60 mel bins, Hamming window,
 40 ms / 8 ms frames at 48 kHz, **dither 1.0**) on the waveform scaled by 32768, then appends
 the first and second regression deltas (window 5, replicate padding): 180 features per frame.
-Kaldi options used (all others at their defaults, see
-shared/clearvoice_compat/MossFormer2_SE_48K.md section 4): snip_edges (frames start at
+Kaldi options used (all others at Kaldi's defaults): snip_edges (frames start at
 ``hop * s``, S = 1 + (L - win) // hop), remove_dc_offset, pre-emphasis 0.97 with
 x[-1] := x[0] inside the frame, symmetric Hamming window, zero-padding to the next power of
 two (2048), power spectrum, Kaldi mel bank 20 Hz .. Nyquist, log floored at FLT_EPSILON.

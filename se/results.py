@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 # Packages whose versions go into summary.json and RESULTS.md (se.provenance.versions).
@@ -29,26 +28,11 @@ VERSIONED_PACKAGES = (
 )  # fmt: skip
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """se.checkpoint.atomic_write_bytes (the one atomic writer), imported when first used."""
+    from se.checkpoint import atomic_write_bytes as write
+
+    write(path, data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -240,6 +240,30 @@ def build_loaders(conf: dict, train_dir: str, valid_dir: str, dist: Dist):
     return loader(train_set, train_sampler), loader(valid_set, valid_sampler)
 
 
+def check_resumable(state: dict, path: Path, conf: dict) -> None:
+    """Refuses to resume from a checkpoint of another network or size (the message names it)."""
+    for key in ("network", "network_kwargs"):
+        old = state.get(key)
+        new = conf["network"] if key == "network" else network_kwargs(conf["network"], conf)
+        if old != new:
+            raise ckpt.CheckpointError(
+                f"{path}: cannot resume: the checkpoint has {key}={old!r} but the config says {new!r}. "
+                "Use another --exp-dir, or --start-over to train from scratch here."
+            )
+
+
+def check_resume(conf: dict, exp_dir: Path, start_over: bool = False) -> Path | None:
+    """The checkpoint training would resume from (None: none), checked with check_resumable;
+    reads only (steps/train.sh calls it through ``se.bin.train --check-only`` before it starts
+    a job, so that a refused resume leaves the exp dir, its log included, as it was)."""
+    if start_over or not conf["train_from_last_checkpoint"]:
+        return None
+    last = ckpt.read_pointer(exp_dir, "last_checkpoint") if Path(exp_dir).is_dir() else None
+    if last is not None:
+        check_resumable(ckpt.torch_load(last), last, conf)
+    return last
+
+
 # ------------------------------------------------------------------------------------------
 # RNG state
 # ------------------------------------------------------------------------------------------
@@ -353,14 +377,7 @@ class Trainer:
         distribute(self.step, self.conf, self.dist)
 
     def _check_same_setup(self, state: dict, path: Path) -> None:
-        for key in ("network", "network_kwargs"):
-            old = state.get(key) if key == "network" else state.get("network_kwargs")
-            new = self.conf["network"] if key == "network" else self.network_kwargs()
-            if old != new:
-                raise ckpt.CheckpointError(
-                    f"{path}: cannot resume: the checkpoint has {key}={old!r} but the config says {new!r}. "
-                    "Use another --exp-dir, or --start-over to train from scratch here."
-                )
+        check_resumable(state, path, self.conf)
         old_acc = state.get("config", {}).get("batch_size"), state.get("world_size"), state.get("accum")
         new_acc = self.conf["batch_size"], self.dist.world_size, self.accum
         if old_acc != new_acc:

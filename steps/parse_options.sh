@@ -11,11 +11,13 @@
 #   . steps/parse_options.sh
 #
 # --foo-bar VALUE and --foo-bar=VALUE set foo_bar; an option whose default is true or false takes
-# only true or false. Options come before the positional arguments; "--" ends them. --help (-h)
+# only true or false, one whose default is an integer (e.g. stage=0) only an integer, one whose
+# default is another number (e.g. alpha=0.5) only a number. Options come before the positional arguments; "--" ends them. --help (-h)
 # prints help_message and the options with their defaults and comments, then exits 0.
 # --config FILE reads name=value lines of declared options before the command line is applied
 # (the command line wins), unless the script declares its own `config` option.
-# An unknown option, a missing value or a bad boolean prints a message and exits 1.
+# An unknown option, a missing value or a value of the wrong kind prints a message naming the
+# option and exits 1.
 # The options are the `name=...` lines (lower-case names) of the calling script above the line
 # that sources this file.
 
@@ -145,21 +147,32 @@ for _po_i in "${!_po_opts[@]}"; do
   printf -v "$_po_name" '%s' "${_po_values[_po_i]}"
 done
 
-# Options declared true or false stay true or false.
+# Options declared true or false stay true or false; options declared with an integer (a number)
+# take only an integer (a number), so that e.g. `--stage one` is an error, not a run of no stage.
+_po_int='^-?[0-9]+$'
+_po_num='^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$'
 for _po_i in "${!_po_names[@]}"; do
-  case ${_po_defaults[_po_i]} in
-    true|false)
-      _po_name=${_po_names[_po_i]}
-      case ${!_po_name} in
-        true|false) ;;
-        *)
-          echo "$0: option --${_po_name//_/-} takes true or false, not '${!_po_name}'" >&2
-          exit 1 ;;
-      esac ;;
-  esac
+  _po_name=${_po_names[_po_i]}
+  _po_value=${!_po_name}
+  if [[ ${_po_defaults[_po_i]} == true || ${_po_defaults[_po_i]} == false ]]; then
+    if [[ $_po_value != true && $_po_value != false ]]; then
+      echo "$0: option --${_po_name//_/-} takes true or false, not '$_po_value'" >&2
+      exit 1
+    fi
+  elif [[ ${_po_defaults[_po_i]} =~ $_po_int ]]; then
+    if [[ ! $_po_value =~ $_po_int ]]; then
+      echo "$0: option --${_po_name//_/-} takes an integer, not '$_po_value'" >&2
+      exit 1
+    fi
+  elif [[ ${_po_defaults[_po_i]} =~ $_po_num ]]; then
+    if [[ ! $_po_value =~ $_po_num ]]; then
+      echo "$0: option --${_po_name//_/-} takes a number, not '$_po_value'" >&2
+      exit 1
+    fi
+  fi
 done
 
 unset -f _po_print_help _po_read_config
-unset _po_script _po_fd _po_names _po_defaults _po_comments _po_declared _po_above _po_line _po_name \
+unset _po_int _po_num _po_script _po_fd _po_names _po_defaults _po_comments _po_declared _po_above _po_line _po_name \
   _po_comment _po_opts _po_values _po_configs _po_opt _po_value _po_i
 true

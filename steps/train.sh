@@ -78,5 +78,9 @@ if $dry_run; then
   exit 0
 fi
 command -v torchrun >/dev/null || { echo "$0: torchrun not found (source path.sh)" >&2; exit 1; }
+if [ -f "$exp_dir/last_checkpoint" ]; then
+  # a resume is checked before the job starts: a refused one leaves the exp dir (log included) as it was
+  python "${trainer[@]}" --check-only || exit 1
+fi
 "${run[@]}"
 echo "$0: successfully trained in $exp_dir (log: $log)"

@@ -1,5 +1,4 @@
 import os
-from pathlib import Path
 
 # before torch starts OpenMP: idle threads sleep instead of spinning (see path.sh)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -7,11 +6,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-# ../shared beside the checkout (CI copies it there too); SE_SHARED_DIR overrides.
-SHARED = Path(os.environ.get("SE_SHARED_DIR", REPO.parent / "shared"))
-COMPAT = SHARED / "clearvoice_compat"
-SCORING_REFS = SHARED / "scoring_refs"
+import release_fill as _release_fill  # noqa: E402
+from helpers import CLEARVOICE_DATA  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -20,18 +16,12 @@ def _two_threads():
 
 
 @pytest.fixture(scope="session")
-def compat_dir() -> Path:
-    if not COMPAT.is_dir():
-        pytest.fail(f"{COMPAT} not found: parity references are required (set SE_SHARED_DIR)")
-    return COMPAT
+def clearvoice_data():
+    """tests/data/clearvoice: parity references and state-dict manifests of the releases."""
+    return CLEARVOICE_DATA
 
 
 @pytest.fixture(scope="session")
-def parity_fill_module(compat_dir):
-    """Import shared/clearvoice_compat/parity_fill.py."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("parity_fill", compat_dir / "parity_fill.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def release_fill():
+    """The deterministic weight fill of the parity references (tests/release_fill.py)."""
+    return _release_fill

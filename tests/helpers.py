@@ -9,6 +9,11 @@ import soundfile as sf
 
 from se.data import make_data_dir
 
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"  # what tests/data/README.md describes
+CLEARVOICE_DATA = DATA / "clearvoice"
+SCORING_DATA = DATA / "scoring"
+
 
 def tone_pair(seconds: float, fs: int, seed: int, snr_db: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

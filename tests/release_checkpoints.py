@@ -1,7 +1,7 @@
 """Build ClearVoice release-format checkpoints from the state-dict manifests (for tests).
 
 A release checkpoint is ``{'model': state_dict}`` holding exactly the manifest's keys, filled
-with shared/clearvoice_compat/parity_fill.py. Constants (STFT kernels, rotary frequencies)
+with the rule of tests/release_fill.py. Constants (STFT kernels, rotary frequencies)
 keep their constructed values: they are taken from OUR module's state dict (after mapping our
 keys to release keys with ``release_constants``) so a wrong construction fails the parity test.
 """
@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 
 
-def load_manifest(compat_dir: Path, name: str) -> dict:
-    return json.loads((Path(compat_dir) / f"{name}.state_dict.json").read_text())
+def load_manifest(clearvoice_data: Path, name: str) -> dict:
+    return json.loads((Path(clearvoice_data) / f"{name}.state_dict.json").read_text())
 
 
-def release_state_dict(manifest: dict, constants: dict[str, torch.Tensor], parity_fill_module) -> dict:
+def release_state_dict(manifest: dict, constants: dict[str, torch.Tensor], release_fill) -> dict:
     """The manifest's keys, in its order, filled by the parity rule.
 
-    ``constants``: release key -> constructed tensor for every entry parity_fill keeps.
+    ``constants``: release key -> constructed tensor for every entry the fill keeps.
     """
-    pf = parity_fill_module
+    pf = release_fill
     aliases = {e["key"]: e.get("alias_of") or e["key"] for e in manifest["entries"]}
     out = {}
     for e in manifest["entries"]:

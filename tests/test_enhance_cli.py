@@ -22,24 +22,24 @@ RELEASES = {
 }
 
 
-def release_checkpoint(network, compat_dir, parity_fill_module, path, prefix=False):
+def release_checkpoint(network, clearvoice_data, release_fill, path, prefix=False):
     model = build_network(network, {})
     ours = model.state_dict()
-    manifest = load_manifest(compat_dir, RELEASES[network])
+    manifest = load_manifest(clearvoice_data, RELEASES[network])
     constants = {}
     for e in manifest["entries"]:
-        if parity_fill_module.keeps_constructed_value(e["key"]):
+        if release_fill.keeps_constructed_value(e["key"]):
             # aliased constants (a rotary table shared by every layer) come from the first key
             src = e["key"] if e["key"] in ours else e.get("alias_of")
             constants[e["key"]] = ours[src]
-    sd = release_state_dict(manifest, constants, parity_fill_module)
+    sd = release_state_dict(manifest, constants, release_fill)
     return write_release_checkpoint(path, sd, module_prefix=prefix)
 
 
 @pytest.mark.parametrize("network", ["FRCRN_SE_16K", "MossFormer2_SE_48K", "MossFormerGAN_SE_16K"])
-def test_release_checkpoint_compat_decode_reproduces_reference(network, compat_dir, parity_fill_module, tmp_path):
-    ckpt = release_checkpoint(network, compat_dir, parity_fill_module, tmp_path / "release.pt", prefix=True)
-    ref = np.load(compat_dir / f"{network}.parity.npz")
+def test_release_checkpoint_compat_decode_reproduces_reference(network, clearvoice_data, release_fill, tmp_path):
+    ckpt = release_checkpoint(network, clearvoice_data, release_fill, tmp_path / "release.pt", prefix=True)
+    ref = np.load(clearvoice_data / f"{network}.parity.npz")
     rate = 48000 if network.endswith("48K") else 16000
     wav = tmp_path / "in" / "parity_input.wav"
     wav.parent.mkdir()
@@ -124,7 +124,7 @@ def test_clipping_is_counted_and_reported(tiny_frcrn, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "stereo", "unreadable", "scp_missing"])
-def test_bad_input_is_a_clear_error_and_writes_nothing(case, tiny_frcrn, tmp_path, caplog):
+def test_bad_input_is_a_clear_error_and_writes_nothing(case, tiny_frcrn, tmp_path, capsys):
     good = write(tmp_path / "in/good.wav", noise(8000), 16000)
     out = tmp_path / "out"
     out.mkdir()
@@ -147,26 +147,28 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(case, tiny_frcrn, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["earlier.wav"]  # nothing written, nothing lost
     assert (out / "earlier.wav").read_bytes() == b"keep me"
     expected = {"missing": "nothere.wav: input not found", "empty": "bad.wav: file is empty",
-                "stereo": "bad.wav (", "unreadable": "bad.wav: not a readable audio file",
+                "stereo": "bad.wav: 2 channels", "unreadable": "bad.wav: not a readable audio file",
                 "scp_missing": "list.scp line 2"}[case]
-    assert expected in caplog.text
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err  # one line
 
 
-def test_checkpoint_of_another_network_is_refused(tiny_frcrn, tmp_path, caplog):
+def test_checkpoint_of_another_network_is_refused(tiny_frcrn, tmp_path, capsys):
     write(tmp_path / "a.wav", noise(8000), 16000)
     assert enhance.main(["--network", "MossFormerGAN_SE_16K", "--checkpoint", str(tiny_frcrn),
                          "--input", str(tmp_path / "a.wav"), "--output-dir", str(tmp_path / "o")]) == 1
-    assert "checkpoint of network FRCRN_SE_16K, but --network MossFormerGAN_SE_16K" in caplog.text
+    assert "checkpoint of network FRCRN_SE_16K, but --network MossFormerGAN_SE_16K" in capsys.readouterr().err
     # a release-format file of the wrong network: key mismatch named
     sd = build_network("FRCRN_SE_16K", {"network_kwargs": TINY_FRCRN}).state_dict()
     torch.save({"model": sd}, tmp_path / "rel.pt")
     assert enhance.main(["--network", "FRCRN_SE_16K", "--checkpoint", str(tmp_path / "rel.pt"),
                          "--input", str(tmp_path / "a.wav"), "--output-dir", str(tmp_path / "o")]) == 1
-    assert "does not fit network FRCRN_SE_16K" in caplog.text and "shape mismatch" in caplog.text
+    err = capsys.readouterr().err
+    assert "does not fit network FRCRN_SE_16K" in err and "shape mismatch" in err
     assert not (tmp_path / "o" / "a.wav").exists()
 
 
-def test_too_short_for_one_frame(tmp_path, caplog):
+def test_too_short_for_one_frame(tmp_path, capsys):
     """MossFormer2 at 48 kHz: the default path pads a 500-sample file; the ClearVoice path
     cannot frame it and says which file."""
     from se.models import network_kwargs
@@ -182,5 +184,6 @@ def test_too_short_for_one_frame(tmp_path, caplog):
     assert sf.info(tmp_path / "a/short.wav").frames == 500
     assert enhance.main(["--checkpoint", str(ckpt), "--input", str(short), "--output-dir", str(tmp_path / "b"),
                          "--clearvoice-compat"]) == 1
-    assert "short.wav" in caplog.text and "shorter than one 1920-sample window" in caplog.text
+    err = capsys.readouterr().err
+    assert "short.wav" in err and "shorter than one 1920-sample window" in err
     assert not (tmp_path / "b/short.wav").exists()

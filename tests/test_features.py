@@ -25,8 +25,8 @@ def kaldi_reference(wave: torch.Tensor, dither: float = 0.0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def parity(compat_dir):
-    return np.load(compat_dir / "MossFormer2_SE_48K.parity.npz")
+def parity(clearvoice_data):
+    return np.load(clearvoice_data / "MossFormer2_SE_48K.parity.npz")
 
 
 def test_decode_fbank_matches_reference(parity):

@@ -1,9 +1,9 @@
 """FRCRN_SE_16K: release-checkpoint parity, the reference decode path, aligned enhancement,
 training loss and error branches.
 
-Parity references: shared/clearvoice_compat (FRCRN_SE_16K.md, PARITY.md).  The released-size
+Parity references: tests/data/clearvoice (tests/data/README.md).  The released-size
 model is loaded from a release-format checkpoint built from the manifest and filled with
-parity_fill, so the key mapping is exercised on every run.
+tests/release_fill.py, so the key mapping is exercised on every run.
 """
 
 import copy
@@ -23,7 +23,7 @@ NAME = "FRCRN_SE_16K"
 CONSTANT_KEYS = ("stft.weight", "istft.weight", "istft.window", "istft.enframe")
 NPZ_CONSTANTS = {"stft.weight": "stft_weight", "istft.weight": "istft_weight",
                  "istft.window": "istft_window"}
-FILL_SUM = 70456.06927200018  # PARITY.md fingerprint table, FRCRN_SE_16K
+FILL_SUM = 70456.06927200018  # fingerprint of the filled release state dict (tests/data/README.md)
 TRAINABLE = 13_141_844  # FRCRN_SE_16K.md §1
 TINY = {"channels": 8, "fsmn_hidden": 8, "lorder": 20}
 
@@ -38,21 +38,21 @@ def _close(ours, ref, rel):
 
 
 @pytest.fixture(scope="module")
-def manifest(compat_dir):
-    return load_manifest(compat_dir, NAME)
+def manifest(clearvoice_data):
+    return load_manifest(clearvoice_data, NAME)
 
 
 @pytest.fixture(scope="module")
-def parity(compat_dir):
-    return dict(np.load(compat_dir / f"{NAME}.parity.npz"))
+def parity(clearvoice_data):
+    return dict(np.load(clearvoice_data / f"{NAME}.parity.npz"))
 
 
 @pytest.fixture(scope="module")
-def release_sd(manifest, parity_fill_module):
+def release_sd(manifest, release_fill):
     """Release-format state dict (all 1692 manifest keys, aliases included), parity-filled;
     the constants are OUR constructed kernels."""
     ours = FRCRN().state_dict()
-    return release_state_dict(manifest, {k: ours[k] for k in CONSTANT_KEYS}, parity_fill_module)
+    return release_state_dict(manifest, {k: ours[k] for k in CONSTANT_KEYS}, release_fill)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,9 @@ def test_state_dict_is_the_manifest_without_aliases(manifest):
     assert not model.stft.weight.requires_grad and not model.istft.weight.requires_grad
 
 
-def test_constants_match_reference(compat_dir):
+def test_constants_match_reference(clearvoice_data):
     ours = FRCRN().state_dict()
-    ref = np.load(compat_dir / f"{NAME}.constants.npz")
+    ref = np.load(clearvoice_data / f"{NAME}.constants.npz")
     for key, name in NPZ_CONSTANTS.items():
         np.testing.assert_allclose(ours[key].numpy(), ref[name], rtol=0, atol=1e-6, err_msg=key)
     assert torch.equal(ours["istft.enframe"], torch.eye(640)[:, None, :])

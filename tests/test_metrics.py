@@ -1,4 +1,4 @@
-"""se.metrics: golden values on the shared pair, Loizou's composite details, undefined cases."""
+"""se.metrics: golden values on the reference pair (tests/data/scoring), Loizou's composite details, undefined cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SCORING_REFS
+from helpers import SCORING_DATA
 from scipy.linalg import solve_toeplitz
 from scipy.signal import resample_poly
 
@@ -29,16 +29,13 @@ TOL = {
 
 @pytest.fixture(scope="session")
 def golden() -> dict:
-    path = SCORING_REFS / "reference_scores.json"
-    if not path.is_file():
-        pytest.fail(f"{path} not found: golden scores are required (set SE_SHARED_DIR)")
-    return json.loads(path.read_text())
+    return json.loads((SCORING_DATA / "golden_scores.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def pair() -> tuple[np.ndarray, np.ndarray]:
-    ref, fs = sf.read(SCORING_REFS / "speech.wav", dtype="float64")
-    deg, fs2 = sf.read(SCORING_REFS / "speech_bab_0dB.wav", dtype="float64")
+    ref, fs = sf.read(SCORING_DATA / "speech.wav", dtype="float64")
+    deg, fs2 = sf.read(SCORING_DATA / "speech_bab_0dB.wav", dtype="float64")
     assert fs == fs2 == 16000
     return ref, deg
 

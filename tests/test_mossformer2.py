@@ -1,6 +1,6 @@
 """MossFormer2_SE_48K: release layout, parity with the ClearVoice references, decode paths, training.
 
-Parity references: shared/clearvoice_compat/MossFormer2_SE_48K.parity.npz (PARITY.md). The
+Parity references: tests/data/clearvoice/MossFormer2_SE_48K.parity.npz (tests/data/README.md). The
 released-size model is built once per module; everything else uses a tiny variant.
 """
 
@@ -34,22 +34,22 @@ def max_diff(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def manifest(compat_dir):
-    return load_manifest(compat_dir, NAME)
+def manifest(clearvoice_data):
+    return load_manifest(clearvoice_data, NAME)
 
 
 @pytest.fixture(scope="module")
-def parity(compat_dir):
-    return np.load(compat_dir / f"{NAME}.parity.npz")
+def parity(clearvoice_data):
+    return np.load(clearvoice_data / f"{NAME}.parity.npz")
 
 
 @pytest.fixture(scope="module")
-def release_sd(manifest, parity_fill_module):
-    """A release-format state dict: exactly the manifest's keys, filled by parity_fill; the
+def release_sd(manifest, release_fill):
+    """A release-format state dict: exactly the manifest's keys, filled by tests/release_fill.py; the
     constants (rotary freqs, inv_freq) are OUR module's constructed values."""
     ours = MossFormer2SE().state_dict()
-    constants = {k: v for k, v in ours.items() if parity_fill_module.keeps_constructed_value(k)}
-    return release_state_dict(manifest, constants, parity_fill_module)
+    constants = {k: v for k, v in ours.items() if release_fill.keeps_constructed_value(k)}
+    return release_state_dict(manifest, constants, release_fill)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_constants_match_the_release_construction():
 
 
 def test_parity_fingerprint(manifest, release_sd):
-    """The filled release state dict equals the one the references were made with (PARITY.md)."""
+    """The filled release state dict equals the one the references were made with (tests/data/README.md)."""
     assert list(release_sd) == [e["key"] for e in manifest["entries"]]
     total = sum(float(v.double().sum()) for v in release_sd.values())
     sha = hashlib.sha256()

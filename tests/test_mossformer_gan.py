@@ -2,9 +2,9 @@
 decode path, aligned enhancement, the GAN training step (fixes of the reference's defects),
 parallel PESQ, release discriminator lookup and error branches.
 
-References: shared/clearvoice_compat (MossFormerGAN_SE_16K.md, PARITY.md, the two manifests
+References: tests/data/clearvoice (tests/data/README.md; the two manifests
 and MossFormerGAN_SE_16K.parity.npz).  The released-size networks are loaded from
-release-format checkpoints built from the manifests and filled with parity_fill.
+release-format checkpoints built from the manifests and filled by tests/release_fill.py.
 """
 
 import hashlib
@@ -30,7 +30,7 @@ from se.pesq_pool import PesqPool, batch_pesq
 NAME = "MossFormerGAN_SE_16K"
 GEN = "MossFormerGAN_SE_16K_generator"
 DISC = "MossFormerGAN_SE_16K_discriminator"
-# PARITY.md fingerprint table
+# fingerprints of the filled release state dicts (tests/data/README.md)
 FINGERPRINTS = {
     GEN: (115620.39309780524, "c845196afd78374bb30f59518d66cc6b5017e28de0bdbe72dc8a1e6c0fe74081"),
     DISC: (13288.185791047612, "978284db89f8e0b5fb67bd2a75b4f25cced9130771b87474d232bfdd3b958e7c"),
@@ -59,24 +59,24 @@ def _fingerprint(sd):
     return total, h.hexdigest()
 
 
-def _release_sd(compat_dir, parity_fill_module, name, module):
+def _release_sd(clearvoice_data, release_fill, name, module):
     """Manifest keys filled by the parity rule; constants (rotary freqs) from OUR module."""
-    manifest = load_manifest(compat_dir, name)
+    manifest = load_manifest(clearvoice_data, name)
     ours = module.state_dict()
     constants = {e["key"]: ours[e["key"]] for e in manifest["entries"]
-                 if parity_fill_module.keeps_constructed_value(e["key"])}
-    return manifest, release_state_dict(manifest, constants, parity_fill_module)
+                 if release_fill.keeps_constructed_value(e["key"])}
+    return manifest, release_state_dict(manifest, constants, release_fill)
 
 
 @pytest.fixture(scope="module")
-def ref(compat_dir):
-    return np.load(compat_dir / f"{NAME}.parity.npz")
+def ref(clearvoice_data):
+    return np.load(clearvoice_data / f"{NAME}.parity.npz")
 
 
 @pytest.fixture(scope="module")
-def release_generator(compat_dir, parity_fill_module, tmp_path_factory):
+def release_generator(clearvoice_data, release_fill, tmp_path_factory):
     """Released-size generator loaded from a release-format file ({'model': ...}, module. prefix)."""
-    manifest, sd = _release_sd(compat_dir, parity_fill_module, GEN, MossFormerGAN())
+    manifest, sd = _release_sd(clearvoice_data, release_fill, GEN, MossFormerGAN())
     assert _fingerprint(sd)[1] == FINGERPRINTS[GEN][1]
     path = write_release_checkpoint(tmp_path_factory.mktemp("gen") / "release.pt", sd, module_prefix=True)
     state = torch.load(path, map_location="cpu", weights_only=True)["model"]
@@ -86,8 +86,8 @@ def release_generator(compat_dir, parity_fill_module, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def release_discriminator(compat_dir, parity_fill_module):
-    _, sd = _release_sd(compat_dir, parity_fill_module, DISC, MetricDiscriminator())
+def release_discriminator(clearvoice_data, release_fill):
+    _, sd = _release_sd(clearvoice_data, release_fill, DISC, MetricDiscriminator())
     disc = MetricDiscriminator()
     disc.load_state_dict(MetricDiscriminator.convert_clearvoice_state_dict(sd))
     return disc.eval()
@@ -95,8 +95,8 @@ def release_discriminator(compat_dir, parity_fill_module):
 
 # ---------------------------------------------------------------------------------- layout
 @pytest.mark.parametrize("name,cls", [(GEN, MossFormerGAN), (DISC, MetricDiscriminator)])
-def test_state_dict_layout_equals_manifest(compat_dir, name, cls):
-    manifest = load_manifest(compat_dir, name)
+def test_state_dict_layout_equals_manifest(clearvoice_data, name, cls):
+    manifest = load_manifest(clearvoice_data, name)
     sd = cls().state_dict()
     assert list(sd) == [e["key"] for e in manifest["entries"]]  # same keys, same order
     for e in manifest["entries"]:
@@ -107,8 +107,8 @@ def test_state_dict_layout_equals_manifest(compat_dir, name, cls):
 
 
 @pytest.mark.parametrize("name,cls", [(GEN, MossFormerGAN), (DISC, MetricDiscriminator)])
-def test_release_fill_fingerprints(compat_dir, parity_fill_module, name, cls):
-    _, sd = _release_sd(compat_dir, parity_fill_module, name, cls())
+def test_release_fill_fingerprints(clearvoice_data, release_fill, name, cls):
+    _, sd = _release_sd(clearvoice_data, release_fill, name, cls())
     total, sha = _fingerprint(sd)
     assert total == pytest.approx(FINGERPRINTS[name][0], rel=1e-12)
     assert sha == FINGERPRINTS[name][1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, SCORING_REFS
+from helpers import REPO, SCORING_DATA
 from scipy.signal import resample_poly
 
 from se.bin import make_results
@@ -24,7 +24,7 @@ UTTS = ("utt_a", "utt_b", "utt_c", "utt_d")
 
 
 def _speech() -> np.ndarray:
-    x, fs = sf.read(SCORING_REFS / "speech.wav", dtype="float64")
+    x, fs = sf.read(SCORING_DATA / "speech.wav", dtype="float64")
     assert fs == FS
     return x
 
@@ -150,9 +150,6 @@ def test_bad_signals_give_counted_undefined_values(tmp_path, capsys):
 
     pair("good", x, y)
     pair("silent_ref", np.zeros_like(x), y)
-    nan_est = y.copy()
-    nan_est[1000] = np.nan
-    pair("nan_est", x, nan_est, subtype="FLOAT")
     pair("short", x[20000:23200], y[20000:23200])  # 0.2 s
     pair("trimmed", x, y[:-400])  # 25 ms shorter: trimmed with a note
     pair("mismatch", x, y[: FS // 2])  # 1.5 s shorter: undefined
@@ -164,25 +161,45 @@ def test_bad_signals_give_counted_undefined_values(tmp_path, capsys):
     _, rows = read_scores_tsv(out / "scores.tsv")
     assert all(math.isfinite(v) for v in rows["good"].values())
     assert all(math.isfinite(v) for v in rows["trimmed"].values())
-    for utt in ("silent_ref", "nan_est", "mismatch", "empty"):
+    for utt in ("silent_ref", "mismatch", "empty"):
         assert all(math.isnan(v) for v in rows[utt].values()), utt
     assert math.isnan(rows["short"]["pesq_wb"]) and math.isnan(rows["short"]["stoi"])
     assert math.isfinite(rows["short"]["si_sdr"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_utts"] == 7
-    assert summary["metrics"]["pesq_wb"]["undefined"] == 5
-    assert summary["metrics"]["si_sdr"]["undefined"] == 4
+    assert summary["n_utts"] == 6
+    assert summary["metrics"]["pesq_wb"]["undefined"] == 4
+    assert summary["metrics"]["si_sdr"]["undefined"] == 3
     assert summary["metrics"]["si_sdr"]["mean"] == pytest.approx(
         np.mean([rows[u]["si_sdr"] for u in ("good", "short", "trimmed")])
     )
     assert summary["problems"] == {
-        "silent_reference": 1, "nonfinite_est": 1, "undefined": 1, "trimmed": 1, "length_mismatch": 1,
+        "silent_reference": 1, "undefined": 1, "trimmed": 1, "length_mismatch": 1,
         "read_error": 1,
     }  # fmt: skip
     notes = (out / "notes.tsv").read_text()
     assert "short\tundefined\tpesq_wb: PESQ wb: BufferTooShortError" in notes
     assert "trimmed\ttrimmed\t" in notes
     assert "empty\tread_error\t" in notes and "no samples" in notes
+
+
+def test_nonfinite_audio_fails_the_run_and_names_every_file(tmp_path, capsys):
+    """NaN/Inf samples never become a number: every such file is named, nothing is written."""
+    x = _speech()[:FS]
+    for name in ("ref", "est"):
+        (tmp_path / name).mkdir()
+    for utt, bad in (("a", None), ("b", np.nan), ("c", np.inf)):
+        y = x.copy()
+        if bad is not None:
+            y[100] = bad
+        sf.write(tmp_path / "ref" / f"{utt}.wav", x, FS, subtype="PCM_16")
+        sf.write(tmp_path / "est" / f"{utt}.wav", y, FS, subtype="FLOAT")
+    out = tmp_path / "out"
+    rc, err = _score(capsys, "--ref", str(tmp_path / "ref"), "--est", str(tmp_path / "est"), "--out-dir", str(out),
+                     "--metrics", "si_sdr", "--nj", "1")  # fmt: skip
+    assert rc == 1
+    assert "2 file(s) hold NaN/Inf samples" in err
+    assert str(tmp_path / "est" / "b.wav") in err and str(tmp_path / "est" / "c.wav") in err
+    assert "Traceback" not in err and not (out / "scores.tsv").exists()
 
 
 def _bad_run(capsys, tmp_path, ref_entries, est_entries, *extra) -> str:

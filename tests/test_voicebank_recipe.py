@@ -280,12 +280,12 @@ def test_damaged_archive_is_not_unpacked(fake_wget, tmp_path):
     assert not (corpus / "clean_trainset_28spk_wav").exists()
 
 
-def test_archive_with_the_wrong_count_is_not_unpacked(fake_wget, tmp_path, caplog):
+def test_archive_with_the_wrong_count_is_not_unpacked(fake_wget, tmp_path, capsys):
     _, archives = fake_wget
     rc = load_prepare_module().main(["unpack", str(archives / "clean_testset_wav.zip"), str(tmp_path / "c"),
                                      "--expected", "824"])
     assert rc == 1
-    assert f"clean_testset_wav.zip: {N_TEST} wav files, expected 824" in caplog.text
+    assert f"clean_testset_wav.zip: {N_TEST} wav files, expected 824" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
 
@@ -319,18 +319,18 @@ def load_prepare_module():
     return mod
 
 
-def test_missing_valid_speaker(corpus, tmp_path, caplog):
+def test_missing_valid_speaker(corpus, tmp_path, capsys):
     prep = load_prepare_module()
     rc = prep.main(["prepare", str(corpus[0]), "--out-dir", str(tmp_path / "data"), "--dump-dir",
                     str(tmp_path / "dump"), "--valid-speakers", "p226 p999", "--rates", "48000"])
     assert rc == 1
-    assert "no utterances of the validation speaker(s) p999" in caplog.text
+    assert "no utterances of the validation speaker(s) p999" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
 
 
 # ---------------------------------------------------------------------------- configs
 
-REFERENCE = {  # ClearVoice's training hyperparameters (the issue / shared/clearvoice_compat)
+REFERENCE = {  # ClearVoice's training hyperparameters (config/train/*.yaml of ClearerVoice-Studio)
     "FRCRN_SE_16K": dict(
         optimizer="adam", init_learning_rate=1e-3, finetune_learning_rate=1e-4, weight_decay=1e-5,
         batch_size=4, accu_grad=1, effec_batch_size=12, max_length=1.0, clip_grad_norm=10.0,

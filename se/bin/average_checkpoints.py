@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from se import cli
 from se.checkpoint import CheckpointError, atomic_torch_save, list_checkpoints, read_pointer, torch_load
 
 log = logging.getLogger("se.average_checkpoints")
@@ -55,25 +56,28 @@ def average(files: list[Path]) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m se.bin.average_checkpoints", description=__doc__.split("\n\n")[0])
     p.add_argument("--exp-dir", required=True)
-    p.add_argument("--num", type=int, default=5, help="how many best checkpoints to average")
+    p.add_argument("--num", type=cli.positive_int, default=5, help="how many best checkpoints to average")
     p.add_argument("--out", help="output file (default EXP/model.avg<N>.pt)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
     exp = Path(args.exp_dir)
-    try:
-        if args.num < 1:
-            raise CheckpointError("--num must be >= 1")
-        files = best_checkpoints(exp, args.num)
-        out = Path(args.out) if args.out else exp / f"model.avg{args.num}.pt"
-        atomic_torch_save(average(files), out)
-    except CheckpointError as exc:
-        log.error("%s", exc)
-        return 1
+    if not exp.is_dir():
+        raise CheckpointError(f"{exp}: experiment dir not found")
+    files = best_checkpoints(exp, args.num)
+    out = Path(args.out) if args.out else exp / f"model.avg{args.num}.pt"
+    # never over a file the average is made from, a pointer or another checkpoint of the run
+    keep = [exp / "last_checkpoint", exp / "last_best_checkpoint", *list_checkpoints(exp)]
+    cli.check_output_file(out, "--out", [*files, *keep])
+    atomic_torch_save(average(files), out)
     log.info("averaged %s into %s", ", ".join(f.name for f in files), out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="se.bin.average_checkpoints")
 
 
 if __name__ == "__main__":

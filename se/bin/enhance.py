@@ -8,26 +8,30 @@ ClearVoice release file ({'model': state_dict}). --input: one audio file, a dire
 .wav/.flac files, or a Kaldi scp (``utt path`` per line; outputs are named ``<utt>.wav``).
 Every output has its input's name and length and is written at the input's sample rate
 (inputs at another rate than the network's are resampled on the way in and out, and a log
-line says so). All inputs are checked before anything is written; each output is written
-atomically, so a failure never leaves a half-written file or removes finished ones.
+line says so). All inputs are checked before anything is written; outputs are written
+into a hidden folder inside the output dir and moved into place when every file succeeded, so a
+failure (an unreadable input, NaN/Inf samples, a network output that is not finite) leaves the
+output dir exactly as it was. A digitally silent input gives a silent output (and a warning).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import torch
 from tqdm import tqdm
 
+from se import cli
 from se.allocator import retain_freed_memory
-from se.audio import AudioError, audio_info, write_audio
-from se.checkpoint import CheckpointError, load_network
+from se.audio import AudioError, audio_info, read_audio, write_audio
+from se.checkpoint import load_network
 from se.data import DataDirError, read_scp
 from se.enhance import enhance_clearvoice, enhance_signal
 from se.models import get_entry, network_names
@@ -45,14 +49,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--clearvoice-compat", action="store_true",
                    help="reproduce ClearVoice's decode path exactly (its padding, delay and edge effects)")
-    p.add_argument("--segment-length", type=float, default=10.0,
+    p.add_argument("--segment-length", type=cli.positive_float, default=10.0,
                    help="seconds; longer inputs are decoded in overlapping segments (default path)")
-    p.add_argument("--segment-overlap", type=float, default=1.0, help="seconds of cross-fade between segments")
+    p.add_argument("--segment-overlap", type=cli.nonneg_float, default=1.0,
+                   help="seconds of cross-fade between segments (shorter than --segment-length)")
     p.add_argument("--output-subtype", choices=["PCM_16", "FLOAT"], default="PCM_16")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--num-jobs", type=int, default=1, help="split the inputs into this many parts ...")
-    p.add_argument("--job", type=int, default=1, help="... and process part JOB (1-based)")
-    p.add_argument("--fbank-dither", type=float, default=0.0,
+    p.add_argument("--num-jobs", type=cli.positive_int, default=1, help="split the inputs into this many parts ...")
+    p.add_argument("--job", type=cli.positive_int, default=1, help="... and process part JOB (1-based)")
+    p.add_argument("--fbank-dither", type=cli.nonneg_float, default=0.0,
                    help="MossFormer2_SE_48K only: fbank dither at inference (the release used 1.0)")
     return p
 
@@ -64,6 +69,11 @@ def list_inputs(spec: str) -> list[tuple[str, str, str]]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_EXTS)
         if not files:
             raise AudioError(f"{path}: no {'/'.join(AUDIO_EXTS)} files in this directory")
+        seen: dict[str, Path] = {}
+        for p in files:
+            if p.stem in seen:
+                raise AudioError(f"{p} and {seen[p.stem]} would both be written as {p.stem}.wav; rename one")
+            seen[p.stem] = p
         return [(p.stem + ".wav", str(p), str(p)) for p in files]
     if not path.exists():
         raise AudioError(f"{path}: input not found")
@@ -78,46 +88,53 @@ def list_inputs(spec: str) -> list[tuple[str, str, str]]:
 def check_inputs(items: list[tuple[str, str, str]]) -> None:
     """Fails before any output is written: missing, empty, unreadable or multi-channel files."""
     for _, p, where in items:
+        ctx = f"{p} ({where})" if where != p else p
         try:
             info = audio_info(p)
         except AudioError as exc:
             raise AudioError(f"{exc} ({where})" if where != p else str(exc)) from None
         if info.channels != 1:
-            raise AudioError(f"{p} ({where}): {info.channels} channels; enhancement takes mono files "
+            raise AudioError(f"{ctx}: {info.channels} channels; enhancement takes mono files "
                              "(pick a channel first, e.g. sox in.wav out.wav remix 1)")
         if info.frames == 0:
-            raise AudioError(f"{p} ({where}): no samples")
+            raise AudioError(f"{ctx}: no samples")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
     retain_freed_memory()  # large per-file tensors: reuse freed memory (se/allocator.py)
+    # every option and input is checked before the model is loaded or anything is written
+    if not args.job <= args.num_jobs:
+        raise cli.UserError(f"--job must be in 1..--num-jobs, got {args.job} of {args.num_jobs}")
+    if args.segment_overlap >= args.segment_length:
+        raise cli.UserError(f"--segment-overlap ({args.segment_overlap} s) must be shorter than --segment-length "
+                            f"({args.segment_length} s)")
+    items = list_inputs(args.input)[args.job - 1 :: args.num_jobs]
+    out_dir = cli.check_output_dir(args.output_dir, "--output-dir", [name for name, _, _ in items],
+                                   [p for _, p, _ in items])
+    check_inputs(items)
+    device = cli.check_device(args.device)
+    model, info = load_network(args.checkpoint, args.network, device)
+    if hasattr(model, "inference_dither"):
+        model.inference_dither = args.fbank_dither
+    rate = get_entry(info["network"]).sampling_rate
+    log.info("%s from %s (%s format), %s decode path, %d file(s)", info["network"], info["file"],
+             info["format"], "ClearVoice" if args.clearvoice_compat else "default", len(items))
+    # Outputs go to a hidden folder beside them and are moved into place when all succeeded:
+    # a failure (a bad file, a non-finite output) leaves the output dir exactly as it was.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".enhance-"))
     try:
-        if args.num_jobs < 1 or not 1 <= args.job <= args.num_jobs:
-            raise ValueError(f"--job must be in 1..--num-jobs, got {args.job} of {args.num_jobs}")
-        items = list_inputs(args.input)[args.job - 1 :: args.num_jobs]
-        check_inputs(items)
-        device = pick_device(args.device)
-        model, info = load_network(args.checkpoint, args.network, device)
-        if hasattr(model, "inference_dither"):
-            model.inference_dither = args.fbank_dither
-        rate = get_entry(info["network"]).sampling_rate
-        log.info("%s from %s (%s format), %s decode path, %d file(s)", info["network"], info["file"],
-                 info["format"], "ClearVoice" if args.clearvoice_compat else "default", len(items))
-        out_dir = Path(args.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         total_clipped, audio_s, t0 = 0, 0.0, time.time()
         for name, path, where in tqdm(items, desc="enhance", unit="file", file=sys.stderr,
                                       disable=len(items) < 2):
-            x, file_rate = sf.read(path, dtype="float64")
+            x, file_rate = read_audio(path, where="" if where == path else where, dtype="float64")
             audio_s += len(x) / file_rate
+            if not np.any(x):
+                log.warning("%s: digitally silent input; its output is silence", path)
+                write_audio(stage / name, np.zeros(len(x)), file_rate, args.output_subtype)
+                continue
             if file_rate != rate:
                 log.info("%s: %d Hz input resampled to %d Hz for %s; output written at %d Hz", path,
                          file_rate, rate, info["network"], file_rate)
@@ -128,22 +145,33 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     y = enhance_signal(model, xin, int(args.segment_length * rate),
                                        int(args.segment_overlap * rate), device)
-            except ValueError as exc:  # e.g. silent, or too short for one frame
-                raise AudioError(f"{path} ({where}): {exc}") from None
+            except ValueError as exc:  # e.g. too short for one frame
+                raise AudioError(f"{path}{'' if where == path else f' ({where})'}: {exc}") from None
+            if not np.isfinite(y).all():
+                raise AudioError(
+                    f"{path}{'' if where == path else f' ({where})'}: the network's output is not finite "
+                    f"({int(np.count_nonzero(~np.isfinite(y)))} NaN/Inf samples); nothing was written. Is the "
+                    "checkpoint diverged? Check it on a known-good file"
+                )
             y = resample(y, rate, file_rate)
             y = np.pad(y[: len(x)], (0, max(0, len(x) - len(y))))  # exactly the input's length
-            clipped = write_audio(out_dir / name, y, file_rate, args.output_subtype)
+            clipped = write_audio(stage / name, y, file_rate, args.output_subtype)
             if clipped:
                 log.warning("%s: %d samples exceeded full scale and were clipped in %s output "
                             "(use --output-subtype FLOAT to keep them)", out_dir / name, clipped, args.output_subtype)
             total_clipped += clipped
-        elapsed = time.time() - t0
-        log.info("enhanced %d file(s), %.1f s of audio in %.1f s (RTF %.3f)%s", len(items), audio_s, elapsed,
-                 elapsed / max(audio_s, 1e-9), f"; {total_clipped} samples clipped in all" if total_clipped else "")
-    except (AudioError, CheckpointError, DataDirError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
+        for name, _, _ in items:
+            os.replace(stage / name, out_dir / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    elapsed = time.time() - t0
+    log.info("enhanced %d file(s), %.1f s of audio in %.1f s (RTF %.3f)%s", len(items), audio_s, elapsed,
+             elapsed / max(audio_s, 1e-9), f"; {total_clipped} samples clipped in all" if total_clipped else "")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="se.bin.enhance")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from se.audio import AudioError
+from se import cli
 from se.data import DataDirError, make_data_dir, read_clearvoice_list
 
 log = logging.getLogger("se.make_data_dir")
@@ -39,28 +39,32 @@ def pairs_from_dirs(noisy_dir: str, clean_dir: str) -> dict[str, tuple[str, str]
     return {u: (noisy[u], clean[u]) for u in noisy}
 
 
-def main(argv=None) -> int:
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m se.bin.make_data_dir", description=__doc__.split("\n\n")[0])
     p.add_argument("--noisy-dir")
     p.add_argument("--clean-dir")
     p.add_argument("--clearvoice-list", help="ClearVoice 2-column list: noisy.wav clean.wav [duration]")
     p.add_argument("--out", required=True)
-    p.add_argument("--fs", type=int, default=None, help="required sample rate")
+    p.add_argument("--fs", type=cli.positive_int, default=None, help="required sample rate")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
-    try:
-        if args.clearvoice_list:
-            pairs = read_clearvoice_list(args.clearvoice_list)
-        elif args.noisy_dir and args.clean_dir:
-            pairs = pairs_from_dirs(args.noisy_dir, args.clean_dir)
-        else:
-            raise DataDirError("give --noisy-dir and --clean-dir, or --clearvoice-list")
-        data = make_data_dir(pairs, args.out, args.fs)
-    except (DataDirError, AudioError) as exc:
-        log.error("%s", exc)
-        return 1
+    if args.clearvoice_list:
+        pairs = read_clearvoice_list(args.clearvoice_list)
+        inputs = [args.clearvoice_list]
+    elif args.noisy_dir and args.clean_dir:
+        pairs = pairs_from_dirs(args.noisy_dir, args.clean_dir)
+        inputs = []
+    else:
+        raise DataDirError("give --noisy-dir and --clean-dir, or --clearvoice-list")
+    inputs += [p for pair in pairs.values() for p in pair]
+    cli.check_output_dir(args.out, "--out", ["wav.scp", "spk1.scp", "utt2num_samples", "fs"], inputs)
+    data = make_data_dir(pairs, args.out, args.fs)
     log.info("%s: %d utterances at %s Hz", args.out, len(data), data.sampling_rate)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="se.bin.make_data_dir")
 
 
 if __name__ == "__main__":

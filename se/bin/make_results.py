@@ -21,10 +21,12 @@ import math
 import sys
 from pathlib import Path
 
+from se.cli import UserError, check_output_dir, run as run_cli
+
 BASELINE, SYSTEM = "noisy", "enhanced"
 
 
-class ResultsError(Exception):
+class ResultsError(UserError):
     """A missing or inconsistent input; the message names the path."""
 
 
@@ -248,7 +250,7 @@ def make_results(exp_dir: Path, scores_root: Path, cmds: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m se.bin.make_results",
         description=__doc__.split("\n\n")[0],
@@ -263,16 +265,17 @@ def main(argv: list[str] | None = None) -> int:
 
     exp_dir = Path(args.exp_dir)
     scores_root = Path(args.scores_root) if args.scores_root else exp_dir / "scores"
-    try:
-        if not scores_root.is_dir():
-            raise ResultsError(f"{scores_root}: no such directory (run steps/score.sh first)")
-        text = make_results(exp_dir, scores_root, args.cmd)
-    except ResultsError as exc:
-        print(f"se.bin.make_results: error: {exc}", file=sys.stderr)
-        return 1
+    if not scores_root.is_dir():
+        raise ResultsError(f"{scores_root}: no such directory (run steps/score.sh first)")
+    check_output_dir(exp_dir, "--exp-dir")
+    text = make_results(exp_dir, scores_root, args.cmd)
     atomic_write_text(exp_dir / "RESULTS.md", text)
     print(f"wrote {exp_dir / 'RESULTS.md'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="se.bin.make_results")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from se.cli import UserError, check_output_dir, nonneg_float, positive_int, run as run_cli
+
 AUDIO_SUFFIXES = (".wav", ".flac")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+OUTPUT_FILES = ("scores.tsv", "notes.tsv", "ref.scp", "est.scp", "summary.md", "summary.json", "cmd")
 
 
-class ScoreError(Exception):
+class ScoreError(UserError):
     """A problem the user must fix; the message names the file (and scp line)."""
 
 
@@ -148,13 +151,16 @@ def _score_one(task: tuple) -> tuple[str, dict[str, float], list[tuple[str, str]
 
     pair, columns, max_len_diff = task
     undefined = {c: math.nan for c in columns}
+    role = "ref"
     try:
         ref, fs_ref = read_audio(pair.ref.path, where=pair.ref.where)
+        role = "est"
         est, fs_est = read_audio(pair.est.path, where=pair.est.where)
         if fs_ref != fs_est:
             raise AudioError(f"{pair.ref.path} is {fs_ref} Hz but {pair.est.path} is {fs_est} Hz")
-    except AudioError as exc:
-        return pair.utt, undefined, [("read_error", str(exc))], 0
+    except AudioError as exc:  # NaN/Inf samples are refused by read_audio: no metric is computed
+        kind = f"nonfinite_{role}" if "non-finite" in str(exc) else "read_error"
+        return pair.utt, undefined, [(kind, str(exc))], 0
     try:
         res = score_pair(ref, est, fs_ref, columns, max_len_diff=max_len_diff)
     except Exception as exc:  # a bug or library failure on one pair must not end the run
@@ -312,10 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out-dir", required=True, help="output directory D")
     add("--metrics", default="all",
         help="comma list of columns or groups all, nodnsmos, pesq, composite, dnsmos (default: all)")
-    add("--nj", type=int, default=_cores(), help="parallel processes (default: cores)")
-    add("--fs", type=int, default=None,
+    add("--nj", type=positive_int, default=_cores(), help="parallel processes (default: cores)")
+    add("--fs", type=positive_int, default=None,
         help="required native sample rate of every file (default: any; reference and estimate equal)")
-    add("--max-len-diff", type=float, default=0.1,
+    add("--max-len-diff", type=nonneg_float, default=0.1,
         help="trim pairs whose lengths differ by at most this many seconds (default 0.1); "
         "a larger difference makes the reference-based metrics undefined")
     mode = p.add_mutually_exclusive_group()
@@ -324,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--split", type=int, default=None, metavar="N",
                       help="score one of N parts (with --job) into D/split/JOB/")
     mode.add_argument("--merge", type=int, default=None, metavar="N", help="merge D/split/1..N into D")
-    add("--job", type=int, default=None, metavar="J", help="1-based part index for --split")
+    add("--job", type=positive_int, default=None, metavar="J", help="1-based part index for --split")
     return p
 
 
@@ -336,18 +342,17 @@ def run(args) -> int:
         columns = parse_metrics(args.metrics)
     except ValueError as exc:
         raise ScoreError(f"--metrics: {exc}") from exc
-    if args.nj < 1:
-        raise ScoreError(f"--nj must be >= 1, got {args.nj}")
     if (args.split is None) != (args.job is None):
         raise ScoreError("--split N and --job J go together")
     if args.split is not None and not 1 <= args.job <= args.split:
         raise ScoreError(f"--job must be in 1..{args.split}, got {args.job}")
     if args.merge is not None and args.merge < 1:
         raise ScoreError(f"--merge must be >= 1, got {args.merge}")
-    if args.max_len_diff < 0:
-        raise ScoreError(f"--max-len-diff must be >= 0, got {args.max_len_diff}")
-    out_dir = Path(args.out_dir)
-    pairs = match_pairs(load_list(args.ref), load_list(args.est), args.ref, args.est)
+    ref_list, est_list = load_list(args.ref), load_list(args.est)
+    # the output dir is checked before any scoring: creatable, and no output file is an input
+    inputs = [args.ref, args.est] + [e.path for e in ref_list.values()] + [e.path for e in est_list.values()]
+    out_dir = check_output_dir(args.out_dir, "--out-dir", list(OUTPUT_FILES), inputs)
+    pairs = match_pairs(ref_list, est_list, args.ref, args.est)
 
     if args.merge is not None:
         columns_found, rows, notes, rates = merge_parts(out_dir, args.merge, pairs)
@@ -370,6 +375,16 @@ def run(args) -> int:
         return 0
 
     rows, notes, rates = score_all(pairs, columns, args.nj, args.max_len_diff)
+    nonfinite = [msg for utt in sorted(notes) for kind, msg in notes[utt] if kind.startswith("nonfinite")]
+    if nonfinite:  # NaN/Inf audio never becomes a number: the run fails, nothing is written
+        raise ScoreError("\n".join(
+            [f"{len(nonfinite)} file(s) hold NaN/Inf samples; fix or remove them and score again "
+             "(se.bin.validate_data_dir lists every such file):", *(" ".join(m.split()) for m in nonfinite)]))
+    for utt in sorted(notes):
+        for kind, msg in notes[utt]:
+            if kind == "read_error":
+                print(f"se.bin.score: warning: {utt}: {' '.join(msg.split())} (its metrics are undefined)",
+                      file=sys.stderr)
     if args.split is not None:
         from se.results import scores_tsv
 
@@ -393,19 +408,18 @@ def _print_summary(summary: dict) -> None:
         print("problems: " + ", ".join(f"{k} {v}" for k, v in summary["problems"].items()) + " (see notes.tsv)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     # One BLAS/OpenMP thread per process: parallelism comes from --nj processes. Set before
     # numpy is first imported (the metric modules are imported lazily).
     for var in THREAD_VARS:
         os.environ.setdefault(var, "1")
-    try:
-        return run(args)
-    except ScoreError as exc:
-        print(f"se.bin.score: error: {exc}", file=sys.stderr)
-        return 1
+    return run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="se.bin.score")
 
 
 if __name__ == "__main__":

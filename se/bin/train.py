@@ -18,11 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from se import cli
 from se import config as config_lib
 from se.allocator import retain_freed_memory
-from se.checkpoint import CheckpointError
-from se.data import DataDirError, make_data_dir, read_clearvoice_list
-from se.audio import AudioError
+from se.data import make_data_dir, read_clearvoice_list
 from se.provenance import write_provenance
 
 log = logging.getLogger("se.train")
@@ -39,6 +38,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp-dir", required=True, help="experiment dir (checkpoints, logs, config.yaml)")
     p.add_argument("--init", help="fine-tune from this checkpoint (= init_checkpoint_path)")
     p.add_argument("--start-over", action="store_true", help="ignore exp-dir/last_checkpoint")
+    p.add_argument("--check-only", action="store_true",
+                   help="check the config, the data dirs' lists and a resume, write nothing, start nothing")
     return p
 
 
@@ -51,9 +52,9 @@ def data_dir_from_list(list_file: str, exp_dir: Path, name: str, rate: int) -> s
     return str(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args, rest = get_parser().parse_known_args(argv)
-    from se.trainer import Trainer, resolve_config, setup_distributed, setup_logging
+    from se.trainer import Trainer, check_resume, resolve_config, setup_distributed, setup_logging
 
     retain_freed_memory()  # CPU training: reuse freed tensor memory (se/allocator.py)
     dist = setup_distributed()
@@ -63,7 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.init:
             overrides["init_checkpoint_path"] = args.init
         conf = resolve_config(config_lib.load(args.config, overrides))
-        exp_dir = Path(args.exp_dir)
+        exp_dir = cli.check_output_dir(args.exp_dir, "--exp-dir")
+        if args.check_only:
+            from se.data import DataDir
+
+            for d in (args.train_data, args.valid_data):
+                if d:
+                    DataDir(d)  # the lists only; se.bin.validate_data_dir checks the audio
+            last = check_resume(conf, exp_dir, args.start_over)
+            print(f"se.bin.train: OK: {'would resume from ' + str(last) if last else 'would start from scratch'}")
+            return 0
         exp_dir.mkdir(parents=True, exist_ok=True)
         train_dir, valid_dir = args.train_data, args.valid_data
         if not train_dir:
@@ -78,21 +88,26 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in trainer.network_kwargs().items():  # record the STFT settings used
             if key in conf and not conf[key]:
                 conf[key] = value
+        # resume (or refuse to) before anything is written: a refused resume leaves the exp dir
+        # exactly as it was, config.yaml and provenance included
+        trainer.resume_or_init()
         if dist.is_main:
             config_lib.save(conf, exp_dir / "config.yaml")
-            write_provenance(exp_dir / "train_provenance.yaml", sys.argv if argv is None else ["se.bin.train", *argv])
-        trainer.resume_or_init()
+            command = sys.argv if argv == [a for a in sys.argv[1:] if a != "--debug"] else ["se.bin.train", *argv]
+            write_provenance(exp_dir / "train_provenance.yaml", command)
         trainer.fit()
-    except (config_lib.ConfigError, CheckpointError, DataDirError, AudioError, FloatingPointError,
-            ValueError) as exc:  # ValueError: e.g. bad network_kwargs for the network's constructor
-        log.error("%s", exc)
-        return 1
+    except FloatingPointError as exc:  # training diverged (repeated non-finite updates)
+        raise cli.UserError(str(exc)) from exc
     finally:
         import torch.distributed as torch_dist
 
         if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="se.bin.train")
 
 
 if __name__ == "__main__":

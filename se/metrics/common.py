@@ -23,7 +23,7 @@ def resample(x: np.ndarray, fs_in: int, fs_out: int) -> np.ndarray:
     """Polyphase resampling ``fs_in`` -> ``fs_out`` (float64 in and out).
 
     16 kHz -> 8 kHz is ``resample_poly(x, 1, 2)``: the convention of the golden PESQ NB value
-    in shared/scoring_refs/reference_scores.json.
+    in tests/data/scoring/golden_scores.json.
     """
     x = np.asarray(x, dtype=np.float64)
     if fs_in == fs_out:

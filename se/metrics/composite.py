@@ -2,7 +2,7 @@
 
 A re-implementation of ``composite.m`` from P. C. Loizou, *Speech Enhancement: Theory and
 Practice*, 2nd ed. (2013), following the MATLAB code's arithmetic (golden values from the
-unmodified MATLAB code in shared/scoring_refs/reference_scores.json):
+unmodified MATLAB code in tests/data/scoring/golden_scores.json):
 
 - both signals are trimmed to the shorter length and ``eps`` (2^-52) is added to every sample;
 - frames of ``win = round(0.030 fs)`` samples, hop ``floor(win / 4)``,

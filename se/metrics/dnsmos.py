@@ -4,7 +4,7 @@ Runs the ONNX models shipped inside the ``speechmos`` package (``dnsmos_models/
 sig_bak_ovr.onnx``, non-personalised, and ``dnsmos_models/model_v8.onnx``) with onnxruntime on
 CPU, one thread per scoring process; nothing is downloaded. The clip procedure is the one of
 the DNS Challenge's ``dnsmos_local.py`` as packaged by speechmos 0.0.1.1 (golden values in
-shared/scoring_refs/reference_scores.json):
+tests/data/scoring/golden_scores.json):
 
 - 16 kHz input (the scorer passes 16 kHz copies);
 - the clip is repeated (doubled) until it is at least 9.01 s long;

@@ -23,6 +23,7 @@ implements this contract (see se/models/frcrn.py for the reference implementatio
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -64,19 +65,79 @@ def get_entry(name: str) -> NetworkEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        from se.config import ConfigError
+
+        raise ConfigError(
             f"unknown network '{name}'; choose one of: {', '.join(network_names())}"
         ) from None
 
 
+def check_kwargs(cls, kwargs, label: str) -> dict:
+    """Type-checks user-given constructor kwargs (a nested config mapping such as
+    network_kwargs) against the defaults of ``cls.__init__``; unknown keys and wrong types are
+    ConfigErrors naming ``label.key``."""
+    from se.config import ConfigError
+
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{label} must be a mapping of name: value, got {kwargs!r}")
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    for key, value in kwargs.items():
+        if key not in params:
+            raise ConfigError(f"{label}: unknown key '{key}' for {cls.__name__}; allowed: {', '.join(sorted(params))}")
+        default = params[key].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, want = isinstance(value, str), "a string"
+        elif isinstance(default, (tuple, list)):
+            ok, want = isinstance(value, (tuple, list)), "a list"
+        else:
+            ok, want = True, ""
+        if not ok:
+            raise ConfigError(f"{label}.{key} must be {want} (default {default!r}), got {value!r}")
+    return kwargs
+
+
+def _user_kwargs(name: str, conf: dict | None) -> dict:
+    cls = get_entry(name).network_class()
+    return check_kwargs(cls, (conf or {}).get("network_kwargs"), "network_kwargs")
+
+
 def build_network(name: str, conf: dict | None = None):
-    """Build network ``name`` from a config dict (released architecture when empty)."""
-    return get_entry(name).network_class().from_config(network_conf(conf))
+    """Build network ``name`` from a config dict (released architecture when empty).
+
+    Bad ``network_kwargs`` (unknown keys, wrong types, values the constructor rejects) are
+    ConfigErrors naming the key."""
+    from se.config import ConfigError
+
+    user = _user_kwargs(name, conf)
+    try:
+        return get_entry(name).network_class().from_config(network_conf(conf))
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as exc:
+        if not user or isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"network_kwargs {user} do not build a {name}: {exc}") from exc
 
 
 def network_kwargs(name: str, conf: dict | None = None) -> dict:
     """The full constructor kwargs ``build_network(name, conf)`` uses (stored in checkpoints)."""
-    return get_entry(name).network_class().config_kwargs(network_conf(conf))
+    from se.config import ConfigError
+
+    _user_kwargs(name, conf)
+    try:
+        return get_entry(name).network_class().config_kwargs(network_conf(conf))
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from exc
 
 
 _DEFAULT_IF_EMPTY = ("sampling_rate", "win_type", "win_len", "win_inc", "fft_len")

@@ -2,10 +2,10 @@
 
 Zhao, Ma, Nguyen, Ni, Ma, Hou, Yi, Meng (2022), "FRCRN: Boosting feature representation
 using frequency recurrence for monaural speech enhancement", ICASSP 2022.
-Implemented from shared/clearvoice_compat/FRCRN_SE_16K.md (section numbers "spec §N" below);
-state-dict keys and shapes are those of the released checkpoints.
+State-dict keys and shapes are those of the released checkpoints
+(tests/data/clearvoice/FRCRN_SE_16K.state_dict.json).
 
-The network (spec §2): a fixed conv-STFT, two complex U-Nets in series (the second one is fed
+The network: a fixed conv-STFT, two complex U-Nets in series (the second one is fed
 the raw output of the first), a complex mask ``tanh(U1) + tanh(U2)`` applied to the noisy
 spectrum, and a fixed conv-iSTFT.  Each U-Net (paper Fig. 1) is a complex conv
 encoder/decoder of depth 7 + 7 whose stages are preceded by a complex "frequency
@@ -21,16 +21,16 @@ the real plane, the last C the imaginary plane.  With this layout
 * a complex convolution is ONE real convolution with the block weight
   [[W_re, -W_im], [W_im, W_re]], run on the channels-last NCHW view ``x.permute(0, 3, 1, 2)``
   (oneDNN's fastest format; its output permutes back to (B, F', T', 2C') without a copy);
-* a complex batch norm (two independent real BNs, spec §4.1) is one BN over 2C channels;
+* a complex batch norm (two independent real BNs) is one BN over 2C channels;
 * the FSMN's linear layers are plain matrix products over the channel axis, and its causal
   memory is a banded matrix product (see ``_causal_memory``);
 no (..., 2) real/imag permutes or per-plane convolutions are needed.
 
 Differences from the reference code that do not change any output:
 * only the numbered sub-module names are kept (``encoder3``, not ``encoders.3``):
-  :meth:`FRCRN.convert_clearvoice_state_dict` maps release checkpoints (spec §7);
+  :meth:`FRCRN.convert_clearvoice_state_dict` maps release checkpoints;
 * modules whose outputs are never used (``fsmn_enc0``, ``fsmn_dec6``, ``se_layer_enc6``,
-  ``se_layer_dec5``, spec §4.3) keep their parameters but are not evaluated;
+  ``se_layer_dec5``) keep their parameters but are not evaluated;
 * in eval mode the batch norms are folded into the convolution weights, and derived weights
   (block weights, stacked FSMN weights) are reused between calls while no gradient is
   recorded (see ``_reuse``);
@@ -51,7 +51,7 @@ from torch import nn
 from se.audio import audio_norm
 from se.precision import float32
 
-# (kernel, stride, padding) as (frequency, time) of the 7 encoder and 7 decoder stages (spec §4.2)
+# (kernel, stride, padding) as (frequency, time) of the 7 encoder and 7 decoder stages
 _ENCODER_KERNELS = [(5, 2)] * 6 + [(2, 2)]
 _DECODER_KERNELS = [(2, 2), (5, 2), (5, 2), (5, 2), (6, 2), (5, 2), (5, 2)]
 _STRIDE = (2, 1)
@@ -62,10 +62,10 @@ _BN_EPS = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------
-# fixed STFT / iSTFT (spec §3)
+# fixed STFT / iSTFT
 # ---------------------------------------------------------------------------------------------
 def _sqrt_window(win_type: str | None, win_len: int) -> np.ndarray:
-    """sqrt of a periodic scipy window (float64); 'hanning' means scipy's 'hann' (spec §3)."""
+    """sqrt of a periodic scipy window (float64); 'hanning' means scipy's 'hann'."""
     if win_type is None or str(win_type).lower() == "none":
         return np.ones(win_len)
     name = "hann" if win_type == "hanning" else win_type
@@ -82,7 +82,7 @@ def _sqrt_window(win_type: str | None, win_len: int) -> np.ndarray:
 
 
 def stft_kernels(win_len: int, fft_len: int, win_type: str | None):
-    """The fixed conv kernels of spec §3 as float32 tensors.
+    """The fixed conv kernels of the STFT and iSTFT as float32 tensors.
 
     Returns (forward (2F, 1, win_len), inverse (2F, 1, win_len), window (1, win_len, 1)).
     Forward rows 0..F-1 are the windowed DFT real parts, rows F..2F-1 the imaginary parts
@@ -142,7 +142,7 @@ class ConviSTFT(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# complex layers on channels-last (B, F, T, 2C) maps (spec §4.1)
+# complex layers on channels-last (B, F, T, 2C) maps
 # ---------------------------------------------------------------------------------------------
 def _complex_block(w_re: torch.Tensor, w_im: torch.Tensor, dim_out: int, dim_in: int):
     """Real weight of a complex linear map: [[W_re, -W_im], [W_im, W_re]] (out rows, in cols)."""
@@ -232,7 +232,7 @@ class ComplexBatchNorm2d(nn.Module):
 
 
 class ComplexConv2d(nn.Module):
-    """Complex conv from two real convs ``conv_re``, ``conv_im`` (spec §4.1), run as one.
+    """Complex conv from two real convs ``conv_re``, ``conv_im``, run as one.
 
     real = conv_re(x_r) - conv_im(x_i), imag = conv_re(x_i) + conv_im(x_r); the biases combine
     to b_re - b_im (real) and b_re + b_im (imag).
@@ -349,7 +349,7 @@ class Decoder(_ConvBlock):
 
 
 class UniDeepFsmn(nn.Module):
-    """Parameters of one real FSMN (spec §4.1): X + P + causal_memory(P), P = W_p ReLU(W_l X + b).
+    """Parameters of one real FSMN: X + P + causal_memory(P), P = W_p ReLU(W_l X + b).
 
     Only a parameter holder: the complex wrappers evaluate their real/imag pairs together.
     """
@@ -627,7 +627,7 @@ class ComplexFsmn(nn.Module):
 
 
 class ComplexSELayer(nn.Module):
-    """Complex squeeze-excitation (spec §4.1): gates s_r, s_i scale the real / imag planes."""
+    """Complex squeeze-excitation: gates s_r, s_i scale the real / imag planes."""
 
     def __init__(self, channels: int, reduction: int):
         super().__init__()
@@ -656,7 +656,7 @@ def _complex_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class ComplexUNet(nn.Module):
-    """One complex U-Net (spec §4.2-4.3), modules registered in the release state-dict order.
+    """One complex U-Net, modules registered in the release state-dict order.
 
     (B, F, T, 2) 1-channel complex map -> same shape.
     """
@@ -866,7 +866,7 @@ class FRCRN(nn.Module):
         """x: (B, L) waveform -> [est_spec (B, 2F, T), est_wav (B, L'), est_mask (B, 2F, T)].
 
         L' = (T - 1) * win_inc + win_len (the last (L - win_len) % win_inc samples are not
-        covered, spec §2).  Spectra/masks are [real rows ; imag rows].
+        covered).  Spectra/masks are [real rows ; imag rows].
         """
         if x.dim() != 2:
             raise ValueError(f"FRCRN expects a (batch, samples) waveform, got shape {tuple(x.shape)}")
@@ -876,11 +876,11 @@ class FRCRN(nn.Module):
         batch, bins2, frames = spec.shape
         noisy = spec.view(batch, 2, bins2 // 2, frames)  # (B, 2, F, T): real, imag planes
         u1 = self.unet(_channels_last(noisy))  # (B, F, T, 2): 1-channel complex map
-        u2 = self.unet2(u1)  # (B, F, T, 2): fed the raw first-U-Net output (spec §2 step 4)
+        u2 = self.unet2(u1)  # (B, F, T, 2): fed the raw first-U-Net output
         est_spec, mask = _apply_mask(noisy, u1, u2)  # (B, 2F, T) each
         return [est_spec, self.istft(est_spec), mask]  # est_wav: (B, L')
 
-    # -- training loss (spec §6) ------------------------------------------------------------
+    # -- training loss ------------------------------------------------------------
     def loss(self, noisy: torch.Tensor, clean: torch.Tensor):
         """CMask + negative SI-SNR for a (B, L) batch.
 
@@ -915,7 +915,7 @@ class FRCRN(nn.Module):
     def enhance(self, noisy: torch.Tensor) -> torch.Tensor:
         """Aligned enhancement of a normalised (B, L) batch -> (B, L) (eval mode assumed).
 
-        Fixes the reference's edge defects (spec §8): win_inc zeros on the left and enough on
+        Fixes the reference's edge defects: win_inc zeros on the left and enough on
         the right that every input sample lies under two full frames, then crops to L.
         """
         if noisy.dim() != 2:
@@ -935,7 +935,7 @@ class FRCRN(nn.Module):
         one_time_decode_length: float | None = None,
         decode_window: float | None = None,
     ) -> np.ndarray:
-        """The reference decode path (spec §5) on raw float64 samples (L,) -> float64 (L,).
+        """The reference decode path on raw float64 samples (L,) -> float64 (L,).
 
         audio_norm -> float32 -> :meth:`decode_normalized` -> ``[:L] * scalar``.  Reproduces
         the reference's edge defects (output sample 0 is 0; padding-dependent SE statistics).
@@ -1011,7 +1011,7 @@ def _apply_mask(noisy: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor):
 
 @float32
 def _si_snr(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """SI-SNR in dB per batch item (spec §6). est, ref: (B, L) -> (B,)."""
+    """SI-SNR in dB per batch item. est, ref: (B, L) -> (B,)."""
     est = est - est.mean(-1, keepdim=True)
     ref = ref - ref.mean(-1, keepdim=True)
     target = (est * ref).sum(-1, keepdim=True) * ref / ((ref**2).sum(-1, keepdim=True) + eps)

@@ -5,8 +5,7 @@ Conformer-based metric GAN for speech enhancement", Interspeech 2022; MetricGAN,
 al., ICML 2019), in the ClearerVoice-Studio MossFormerGAN_SE_16K flavour: a NISQA-style
 framewise CNN (G. Mittag et al., "NISQA", Interspeech 2021) over 15-frame segments, two
 Conformer blocks (A. Gulati et al., Interspeech 2020) and attention pooling.  Keys and shapes
-equal the release (shared/clearvoice_compat/MossFormerGAN_SE_16K_discriminator.state_dict.json);
-written from shared/clearvoice_compat/MossFormerGAN_SE_16K.md section 3.
+equal the release (tests/data/clearvoice/MossFormerGAN_SE_16K_discriminator.state_dict.json).
 
 Shape legend: B batch, F frequency bins (201), T frames, W segments per utterance,
 D conformer width (384 = 6 x last CNN channels).

@@ -6,7 +6,7 @@ Monaural Speech Separation", ICASSP 2024. ClearVoice's SE variant runs the MossF
 network on Kaldi fbank features (60 mel + deltas + delta-deltas = 180) and predicts a real
 mask on a 1920-point STFT (961 bins, 40 ms window, 8 ms hop at 48 kHz).
 
-Specification: shared/clearvoice_compat/MossFormer2_SE_48K.md. State-dict keys and shapes are
+Parity references: tests/data/clearvoice (tests/data/README.md). State-dict keys and shapes are
 those of the release (``mossformer.…``, one shared rotary ``freqs`` listed under each of the
 24 layers), so release checkpoints load as they are.
 
@@ -280,7 +280,7 @@ class MossFormer2SE(nn.Module):
         return target, weight
 
     def loss(self, noisy: torch.Tensor, clean: torch.Tensor, features: torch.Tensor | None = None):
-        """Weighted PSM loss (spec section 5) of a normalised (B, L) noisy/clean batch.
+        """Weighted PSM loss of a normalised (B, L) noisy/clean batch.
 
         features: optional precomputed network input (B, S, 180) (data-loader workers);
         computed here from ``noisy`` (dither ``fbank_dither``) when None.
@@ -339,7 +339,7 @@ class MossFormer2SE(nn.Module):
     def clearvoice_decode(self, raw: np.ndarray, dither: float | None = None, *,
                           one_time_decode_length: float | None = None, decode_window: float | None = None,
                           decode_stride: float | None = None) -> np.ndarray:
-        """ClearVoice's decode path (spec section 3) on raw float64 samples at 48 kHz -> float64 (L,).
+        """ClearVoice's decode path on raw float64 samples at 48 kHz -> float64 (L,).
 
         audio_norm -> float32 x 32768 -> one pass when L <= one_time_decode_length seconds, else
         4 s windows every 3 s (int(0.75 * window)), each decoded from scratch and trimmed by

@@ -2,7 +2,7 @@
 RNN-Free Recurrent Network for Enhanced Time-Domain Monaural Speech Separation", ICASSP 2024),
 in the form ClearVoice's MossFormer2_SE_48K uses them.
 
-Specification: shared/clearvoice_compat/MossFormer2_SE_48K.md (sections 1, 2). Attribute
+Parity references: tests/data/clearvoice (tests/data/README.md). Attribute
 names reproduce the release's state-dict keys (``mdl.0.g``, ``mdl.3.sequential.1.conv.weight``,
 ...); the computations are re-organised for speed, with the same results (parity tests):
 

@@ -8,7 +8,7 @@ and time plus a TF-GridNet full-band attention; ClearerVoice-Studio's "MossForme
 Discriminator (``MetricDiscriminator``, se/models/metric_discriminator.py): predicts the
 normalised PESQ (MetricGAN / CMGAN).  Training: :class:`GANTrainStep`.
 
-Spec and parity references: shared/clearvoice_compat/MossFormerGAN_SE_16K.md, PARITY.md.
+Parity references: tests/data/clearvoice (tests/data/README.md).
 
 Shape legend: B batch, L samples, T frames (L/hop + 1), F frequency bins (fft_len/2 + 1 =
 201), Q bins after the encoder ((F + 1) / 2 = 101), C channels (64).
@@ -19,7 +19,7 @@ Signal paths
   compression, generator, decompression and a centred iSTFT (center=True) trimmed to L, so
   output sample i is the enhancement of input sample i (the reference's uncentred iSTFT
   delays everything by win_len/2 = 200 samples and drops the last 200).
-* ``clearvoice_decode(raw)``: the reference decode path, bugs included (spec section 5).
+* ``clearvoice_decode(raw)``: the reference decode path, bugs included.
 """
 
 from __future__ import annotations
@@ -168,7 +168,9 @@ class MossFormerGAN(nn.Module):
     @staticmethod
     def discriminator_kwargs(conf: dict) -> dict:
         """MetricDiscriminator kwargs from ``discriminator_kwargs`` in the config."""
-        return dict(conf.get("discriminator_kwargs") or {})
+        from se.models import check_kwargs
+
+        return dict(check_kwargs(MetricDiscriminator, conf.get("discriminator_kwargs") or {}, "discriminator_kwargs"))
 
     @staticmethod
     def convert_clearvoice_state_dict(sd: dict) -> dict:
@@ -254,7 +256,7 @@ class MossFormerGAN(nn.Module):
         finally:
             self.train(was_training)
 
-    # reference decode (spec section 5): ClearVoice inference-YAML values
+    # reference decode: ClearVoice inference-YAML values
     decode_window = 1.0  # seconds per window of the segmented decode (stride 0.75 window)
     one_time_decode_length = 10.0  # seconds: longer (padded) inputs are decoded in windows
     DECODE_BATCH = 4  # windows per forward in segmented decoding (numerically independent)
@@ -288,7 +290,7 @@ class MossFormerGAN(nn.Module):
         return (y / c)[:, :length]
 
     def clearvoice_decode(self, raw: np.ndarray) -> np.ndarray:
-        """Reference decode of raw float64 samples (L,) -> float64 (L,) (spec section 5).
+        """Reference decode of raw float64 samples (L,) -> float64 (L,).
 
         audio_norm, zero padding to the reference's segment grid, one pass when the padded
         signal is <= one_time_decode_length (10 s) else windows of decode_window (1 s) every

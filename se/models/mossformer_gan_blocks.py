@@ -6,9 +6,8 @@ single-head transformer with convolution-augmented joint self-attentions", ICASS
 inside the CMGAN-style generator of "MossFormerGAN"; CMGAN: R. Cao, S. Abdulatif, B. Yang,
 "CMGAN: Conformer-based metric GAN for speech enhancement", Interspeech 2022; full-band
 attention from Z.-Q. Wang et al., "TF-GridNet", 2023).  Module names and parameter shapes
-reproduce the release's state dict exactly (shared/clearvoice_compat/
-MossFormerGAN_SE_16K_generator.state_dict.json); the code is written from the
-specification in shared/clearvoice_compat/MossFormerGAN_SE_16K.md.
+reproduce the release's state dict exactly
+(tests/data/clearvoice/MossFormerGAN_SE_16K_generator.state_dict.json).
 
 Shape legend: B batch, C channels, T frames, F frequency bins (201 at the input),
 Q frequency bins after the encoder (101), N rows of a sequence batch, n sequence length,

@@ -4,7 +4,7 @@
         [--baseline] [--cases train,enh10,enh60]
 
 Cases (each in its own subprocess, so every case has its own peak RSS):
-* train:  one training step as timed in shared/clearvoice_compat/TIMINGS.md: batch 4 x 4 s at
+* train:  one training step as the reference implementation was timed: batch 4 x 4 s at
   48 kHz, forward on precomputed fbank (4, 496, 180) -> PSM loss (2 STFTs) -> backward ->
   clip 10 -> Adam -> zero_grad. Median of ``--runs`` after one warm-up.
 * enh10 / enh60: the ClearVoice decode path (``clearvoice_decode``) of 10 s (one pass) and

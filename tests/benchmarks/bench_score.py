@@ -2,7 +2,7 @@
 
     PYTHONPATH=. tools/venv/bin/python tests/benchmarks/bench_score.py [--n 100] [--fs 48000] [--nj 2]
 
-The pairs are the shared speech.wav (3.1 s) circularly shifted, scaled and mixed with white
+The pairs are tests/data/scoring/speech.wav (3.1 s) circularly shifted, scaled and mixed with white
 noise at random SNRs, written as 16-bit WAV at --fs. Prints the wall time of each run
 (including process start-up and model loading), the wall time per utterance, the CPU time
 per utterance (user + system of the scoring processes, less sensitive to other load on a shared
@@ -26,7 +26,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 REPO = Path(__file__).resolve().parents[2]
-SPEECH = Path(os.environ.get("SE_SHARED_DIR", REPO.parent / "shared")) / "scoring_refs" / "speech.wav"
+SPEECH = REPO / "tests" / "data" / "scoring" / "speech.wav"
 
 
 def make_pairs(root: Path, n: int, fs: int, seed: int = 0) -> tuple[Path, Path]:
