@@ -554,7 +554,8 @@ class Trainer:
         if len(p.bad_files) > self.conf["max_bad_files"]:
             raise DataDirError(
                 f"{len(p.bad_files)} unreadable training files (more than max_bad_files "
-                f"{self.conf['max_bad_files']}); fix or remove them from the data dir:\n  "
+                f"{self.conf['max_bad_files']}); fix or remove them from the data dir (or raise max_bad_files "
+                "to train without them):\n  "
                 + "\n  ".join(p.bad_files)
             )
 
