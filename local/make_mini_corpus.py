@@ -85,10 +85,13 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--fs", type=cli.positive_int, default=16000)
     p.add_argument("--seed", type=cli.nonneg_int, default=1234)
+    p.add_argument("--max-per-set", type=cli.nonneg_int, default=0,
+                   help="only the first N utterances of each set (the same files as the full corpus's); 0 = all")
     args = p.parse_args(argv)
     out = cli.check_output_dir(args.out_dir, "--out-dir")
+    written = 0
     for s, (count, seconds) in SETS.items():
-        for i in range(count):
+        for i in range(min(count, args.max_per_set or count)):
             rng = np.random.default_rng([args.seed, list(SETS).index(s), i])
             n = int(seconds * args.fs * rng.uniform(0.8, 1.2))
             clean = speech_like(rng, n, args.fs)
@@ -99,7 +102,8 @@ def _main(argv: list[str]) -> int:
             write_audio(out / s / "clean" / f"{utt}.wav", clean, args.fs, "FLOAT")
             write_audio(out / s / "noisy" / f"{utt}.wav", clean + nz, args.fs, "FLOAT")
             write_audio(out / s / "noise" / f"{utt}.wav", nz, args.fs, "FLOAT")
-    print(f"wrote {sum(c for c, _ in SETS.values())} noisy/clean pairs at {args.fs} Hz under {out}")
+            written += 1
+    print(f"wrote {written} noisy/clean pairs at {args.fs} Hz under {out}")
     return 0
 
 

@@ -59,6 +59,9 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "precision": ("fp32", "fp32, bf16 or fp16"),
     "sync_batchnorm": (True, "convert BatchNorm to SyncBatchNorm under multi-GPU DDP"),
     "max_bad_steps": (20, "stop after this many non-finite losses/gradients in a row"),
+    "max_bad_files": (0, "skip up to this many unreadable training files, then stop with their list "
+                         "(0: stop at the first)"),
+    "deterministic": (False, "deterministic kernels (cuDNN, cuBLAS) for exact GPU resume; slower"),
     # checkpoints
     "init_checkpoint_path": ("", "fine-tune from this checkpoint (ours or a ClearVoice release file)"),
     "min_init_loaded_fraction": (0.9, "refuse an init checkpoint that loads fewer parameters"),

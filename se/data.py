@@ -341,6 +341,10 @@ class SegmentDataset(torch.utils.data.Dataset):
 
     ``features``: optional picklable callable(noisy_segment: np.ndarray, rng) -> Tensor
     computed here, i.e. in the data-loader workers (e.g. fbank for MossFormer2_SE_48K).
+
+    ``skip_unreadable`` (training): an item whose files cannot be read is replaced by the next
+    readable one, and the error naming the file travels with the item (``bad_files``), for
+    the trainer to count (max_bad_files); otherwise the error is raised.
     """
 
     def __init__(
@@ -351,8 +355,10 @@ class SegmentDataset(torch.utils.data.Dataset):
         seed: int = 0,
         random_crop: bool = True,
         features=None,
+        skip_unreadable: bool = False,
     ):
         self.data = data
+        self.skip_unreadable = skip_unreadable
         self.sampling_rate = sampling_rate
         self.segment = int(segment)
         self.seed = seed
@@ -375,6 +381,22 @@ class SegmentDataset(torch.utils.data.Dataset):
         return x
 
     def __getitem__(self, index: int) -> dict:
+        if not self.skip_unreadable:
+            return self._item(index)
+        bad = []
+        for i in range(len(self)):  # the next readable item stands in for an unreadable one
+            try:
+                item = self._item((index + i) % len(self))
+                break
+            except AudioError as exc:
+                bad.append(str(exc))
+        else:
+            raise AudioError(f"{self.data.path}: no readable utterance; first error: {bad[0]}")
+        if bad:
+            item["bad_files"] = bad
+        return item
+
+    def _item(self, index: int) -> dict:
         u = self.data.utterances[index]
         rng = item_rng(self.seed, self.epoch, index)
         n, seg = u.num_samples, self.segment
@@ -447,4 +469,7 @@ def collate(items: list[dict]) -> dict:
     out["index"] = torch.tensor([it["index"] for it in items])
     if "features" in items[0]:
         out["features"] = torch.stack([it["features"] for it in items])
+    bad = [b for it in items for b in it.get("bad_files", ())]
+    if bad:
+        out["bad_files"] = bad
     return out

@@ -117,11 +117,13 @@ class FbankFeatures:
     def _constants(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (dtype, str(device))
         if key not in self._cache:
-            window = _window(self.win_type, self.win_len, dtype)
-            banks = torchaudio_ops.kaldi_mel_banks(self.num_mels, self.n_fft, self.sampling_rate)
-            banks = F.pad(banks.to(dtype), (0, 1))  # zero weight for the Nyquist bin
-            # (win,), (n_fft/2+1, M)
-            self._cache[key] = (window.to(device), banks.T.contiguous().to(device))
+            # ordinary tensors even under torch.inference_mode(): the cache outlives the call
+            with torch.inference_mode(False), torch.no_grad():
+                window = _window(self.win_type, self.win_len, dtype)
+                banks = torchaudio_ops.kaldi_mel_banks(self.num_mels, self.n_fft, self.sampling_rate)
+                banks = F.pad(banks.to(dtype), (0, 1))  # zero weight for the Nyquist bin
+                # (win,), (n_fft/2+1, M)
+                self._cache[key] = (window.to(device), banks.T.contiguous().to(device))
         return self._cache[key]
 
     def log_mel(

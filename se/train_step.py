@@ -11,7 +11,10 @@ Contract with the trainer:
   ``optimizer_<name>`` otherwise (GAN: ``optimizer_disc`` per ClearVoice).
 * ``micro_step(noisy, clean, scale)``: forward, loss, ``backward(loss * scale)``
   (scale = 1 / accumulation); returns the UN-scaled loss parts as floats.
-* ``update()``: clip gradients once per update, step every optimiser, zero grads.
+* ``update(loss_finite)``: clip gradients once per update, then step every optimiser or none
+  (a decision every process shares); returns gradient norms and the outcome flags
+  ``nonfinite`` / ``scaler_overflow``.
+* ``check_world_size(n)``: refuses a number of processes the step cannot train with.
 * ``valid_step(noisy, clean)``: no gradients; returns parts including ``loss``.
 """
 
@@ -69,6 +72,11 @@ class TrainStep:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.autocast = contextlib.nullcontext  # set by the trainer for mixed precision
         self.grad_scaler = None  # torch.amp.GradScaler for fp16, set by the trainer
+        # flags -> per flag "true on any process" (the trainer sets an all-reduce under DDP)
+        self.any_process = lambda flags: list(flags)
+
+    def check_world_size(self, world_size: int) -> None:
+        """Raise ValueError when this step cannot train with ``world_size`` processes."""
 
     # -- building -------------------------------------------------------------------------
     def learning_rate(self) -> float:
@@ -110,29 +118,62 @@ class TrainStep:
         else:
             loss.backward()
 
-    def clip_and_step(self, name: str) -> float:
-        """Unscale (fp16), clip to clip_grad_norm, step optimiser ``name``; returns grad norm."""
+    def _unscale_and_clip(self, name: str) -> float:
+        """Unscale (fp16) and clip optimiser ``name``'s gradients; returns their norm."""
         opt = self.optimizers[name]
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(opt)
         params = [p for g in opt.param_groups for p in g["params"]]
         clip = float(self.conf.get("clip_grad_norm", 0.0) or 0.0)
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-        if self.grad_scaler is None and not torch.isfinite(norm):
-            opt.zero_grad(set_to_none=True)  # non-finite gradients: skip this update
-            return float(norm)
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(opt)
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(norm)
+        return float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf))
 
-    def update(self) -> dict[str, float]:
-        norm = self.clip_and_step("model")
-        if self.grad_scaler is not None:
-            self.grad_scaler.update()
-        return {"grad_norm": norm}
+    def _zero_grads(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def update(self, loss_finite: bool = True) -> dict[str, float]:
+        """Clip each optimiser's gradients once, then step all optimisers or none.
+
+        Every process takes the same decision (``any_process``):
+        * a non-finite loss on any process (``loss_finite`` False): nothing is unscaled or
+          stepped, the grad scaler is untouched; ``nonfinite`` = 1;
+        * non-finite gradients: no step; under fp16 while the scaler's scale is above 1 this is
+          the scaler's ordinary overflow skip (``scaler_overflow`` = 1, the scale is backed off
+          on every process alike), otherwise ``nonfinite`` = 1.
+        Optimisers whose parameters got no gradient (micro-steps skipped by the network's step)
+        are neither unscaled nor stepped. Returns ``grad_norm`` (model), ``grad_norm_<name>``
+        (others) and the two flags.
+        """
+        norms = {self._norm_key(n): math.nan for n in self.optimizers}
+        (bad_loss,) = self.any_process([not loss_finite])
+        if bad_loss:
+            self._zero_grads()
+            return {**norms, "nonfinite": 1.0, "scaler_overflow": 0.0}
+        active = [n for n, opt in self.optimizers.items()
+                  if any(p.grad is not None for g in opt.param_groups for p in g["params"])]
+        for n in active:
+            norms[self._norm_key(n)] = self._unscale_and_clip(n)
+        (bad_grad,) = self.any_process([not all(math.isfinite(norms[self._norm_key(n)]) for n in active)])
+        scaler = self.grad_scaler if active else None  # nothing unscaled: nothing to update
+        if bad_grad:
+            overflow = scaler is not None and scaler.get_scale() > 1.0
+            if scaler is not None:
+                scaler.update(new_scale=scaler.get_scale() * scaler.get_backoff_factor())
+            self._zero_grads()
+            return {**norms, "nonfinite": float(not overflow), "scaler_overflow": float(overflow)}
+        for n in active:
+            if scaler is not None:
+                scaler.step(self.optimizers[n])
+            else:
+                self.optimizers[n].step()
+        if scaler is not None:
+            scaler.update()
+        self._zero_grads()
+        return {**norms, "nonfinite": 0.0, "scaler_overflow": 0.0}
+
+    @staticmethod
+    def _norm_key(name: str) -> str:
+        return "grad_norm" if name == "model" else f"grad_norm_{name}"
 
     @torch.no_grad()
     def valid_step(self, noisy: torch.Tensor, clean: torch.Tensor, **extra) -> dict[str, float]:

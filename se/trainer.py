@@ -26,7 +26,7 @@ import torch.distributed as torch_dist
 
 from se import checkpoint as ckpt
 from se import config as config_lib
-from se.data import DataDir, SegmentDataset, ShardedSampler, collate
+from se.data import DataDir, DataDirError, SegmentDataset, ShardedSampler, collate
 from se.models import build_network, get_entry, network_kwargs, resolve
 from se.train_step import LossForward, TrainStep, unwrap
 
@@ -81,6 +81,21 @@ def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
     return t.tolist()
 
 
+def any_process(flags: list[bool], dist: Dist) -> list[bool]:
+    """Per flag: True when it is True on any process (one all-reduce), so that every process
+    takes the same decision."""
+    return [v > 0 for v in all_reduce_sum([float(f) for f in flags], dist)]
+
+
+def all_gather(obj, dist: Dist) -> list:
+    """Every process's ``obj`` (picklable), in rank order."""
+    if not dist.enabled:
+        return [obj]
+    out = [None] * dist.world_size
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
 def setup_logging(dist: Dist) -> None:
     level = logging.INFO if dist.is_main else logging.WARNING
     fmt = f"%(asctime)s (%(name)s:{dist.rank}) %(levelname)s: %(message)s"
@@ -127,9 +142,35 @@ def build_step(conf: dict, dist: Dist) -> TrainStep:
     entry = get_entry(conf["network"])
     step_cls = resolve(entry.train_step) if entry.train_step else TrainStep
     step = step_cls(model, conf, dist.device)
+    step.check_world_size(dist.world_size)
+    step.any_process = functools.partial(any_process, dist=dist)
     for module in step.modules.values():
         module.to(dist.device)
+    seed_process(conf["seed"], dist)
     return step
+
+
+def seed_process(seed: int, dist: Dist) -> None:
+    """Seeds this process's global RNG streams (python, numpy, torch, its CUDA device) with
+    ``seed`` offset by the rank: dropout masks differ between GPUs. What must agree on every
+    process does not use them: initial weights are drawn before (build_step), data order and
+    crops come from (seed, epoch, item) (se.data.item_rng, ShardedSampler)."""
+    rank_seed = seed + 1000003 * dist.rank
+    random.seed(rank_seed)
+    np.random.seed(rank_seed % 2**32)
+    torch.manual_seed(rank_seed)  # also every CUDA device's generator
+
+
+def set_deterministic(enabled: bool) -> None:
+    """``deterministic: true``: deterministic kernels (cuDNN, cuBLAS, torch ops), so a resumed
+    GPU run repeats an uninterrupted one exactly (slower); ops without a deterministic
+    implementation warn."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reproducibility
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def distribute(step: TrainStep, conf: dict, dist: Dist) -> None:
@@ -139,14 +180,26 @@ def distribute(step: TrainStep, conf: dict, dist: Dist) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     for name, module in list(step.modules.items()):
-        if conf["sync_batchnorm"] and dist.device.type == "cuda":
-            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        if conf["sync_batchnorm"]:
+            module = sync_batchnorm(module, dist)
         target = LossForward(module) if name == "model" and not getattr(step, "custom_forward", False) else module
         step.modules[name] = DDP(
             target,
             device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
             find_unused_parameters=True,  # released architectures carry dead parameters
         )
+
+
+def sync_batchnorm(module: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    """Batch statistics over every process: layers that compute their own batch norm (FRCRN's
+    complex BN) synchronise through their ``sync_batchnorm()``; torch BatchNorms become
+    SyncBatchNorm on GPUs (SyncBatchNorm has no CPU implementation)."""
+    for sub in module.modules():
+        if hasattr(sub, "sync_batchnorm"):
+            sub.sync_batchnorm()
+    if dist.device.type == "cuda":
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return module
 
 
 def data_features(conf: dict):
@@ -172,7 +225,8 @@ def build_loaders(conf: dict, train_dir: str, valid_dir: str, dist: Dist):
                  sum(len(s) for _, s in simulator.noise), sum(len(s) for _, s in simulator.rir))
     else:
         train = DataDir(train_dir)
-        train_set = SegmentDataset(train, rate, segment, conf["seed"], random_crop=True, features=features)
+        train_set = SegmentDataset(train, rate, segment, conf["seed"], random_crop=True, features=features,
+                                   skip_unreadable=True)
     for d in (train, valid) if train is not None else (valid,):
         if d.sampling_rate and d.sampling_rate != rate:
             raise config_lib.ConfigError(
@@ -225,19 +279,34 @@ def check_resume(conf: dict, exp_dir: Path, start_over: bool = False) -> Path | 
 # ------------------------------------------------------------------------------------------
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG streams: python, numpy, torch (CPU) and its own CUDA device's."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type == "cuda" and isinstance(cuda, torch.Tensor):  # older files: a list of all devices
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def restore_rng_states(state: dict, conf: dict, dist: Dist) -> None:
+    """Each process restores its own RNG streams from a checkpoint's ``rng_per_rank``; with
+    another number of processes than the checkpoint's, the extra ones are seeded afresh."""
+    states = state.get("rng_per_rank") or [state["rng"]]
+    if len(states) != dist.world_size:
+        log.warning("the checkpoint holds the RNG states of %d process(es), this run has %d: random "
+                    "streams (dropout) differ from an uninterrupted run", len(states), dist.world_size)
+    if dist.rank < len(states):
+        set_rng_state(states[dist.rank], dist.device)
+    else:
+        seed_process(conf["seed"] + state.get("step", 0), dist)
 
 
 # ------------------------------------------------------------------------------------------
@@ -253,7 +322,9 @@ class Progress:
     best_valid_loss: float = math.inf
     bad_epochs: int = 0
     bad_steps_in_row: int = 0
-    skipped_steps: int = 0
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    overflow_steps: int = 0  # fp16 grad-scaler overflow skips (not failures)
+    bad_files: list = field(default_factory=list)  # unreadable training files met (skipped)
     stopped_early: bool = False  # early stopping happened: a re-run does not train on
     history: dict = field(default_factory=dict)  # checkpoint file -> valid loss
 
@@ -266,6 +337,7 @@ class Trainer:
         self.exp_dir = Path(exp_dir)
         self.start_over = start_over
         self.accum = accumulation_steps(conf, dist.world_size)
+        set_deterministic(conf["deterministic"])
         self.step = build_step(conf, dist)
         self.train_loader, self.valid_loader = build_loaders(conf, train_dir, valid_dir, dist)
         self.progress = Progress()
@@ -299,7 +371,7 @@ class Trainer:
             if self.step.grad_scaler is not None and state.get("grad_scaler"):
                 self.step.grad_scaler.load_state_dict(state["grad_scaler"])
             self.progress = Progress(**state["trainer"])
-            set_rng_state(state["rng"])
+            restore_rng_states(state, self.conf, self.dist)
             log.info("resumed from %s (epoch %d, update %d, %d batches into the epoch)", last,
                      self.progress.epoch + 1, self.progress.step, self.progress.batch_in_epoch)
         else:
@@ -327,24 +399,39 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, valid_loss: float | None) -> None:
+        """Rank 0 writes the checkpoint (with every process's RNG state), then the pointers.
+
+        A failing write (full disk, I/O error) leaves the previous checkpoint and the pointer
+        files as they were and stops training with a CheckpointError."""
+        rng_per_rank = all_gather(rng_state(self.dist.device), self.dist)  # on every process
         if not self.dist.is_main:
             return
         p = self.progress
-        is_best = valid_loss is not None and valid_loss <= p.best_valid_loss
+        # a non-finite validation loss is never the best
+        is_best = valid_loss is not None and math.isfinite(valid_loss) and valid_loss <= p.best_valid_loss
         # ClearVoice's model.ckpt-<epoch>-<step>.pt, epoch counted from 1 (the current one when
         # saved inside an epoch, the finished one at its end)
         epoch = p.epoch + (1 if p.batch_in_epoch else 0)
         name = ckpt.checkpoint_name(epoch, p.step)
-        if valid_loss is not None:
+        if valid_loss is not None and math.isfinite(valid_loss):  # averaging ranks by it
             p.history[name] = valid_loss
         state = self.step.state_dict()
         state.update(
             epoch=epoch, step=p.step, network=self.conf["network"], network_kwargs=self.network_kwargs(),
             sampling_rate=self.conf["sampling_rate"], config=dict(self.conf), trainer=vars(p).copy(),
-            rng=rng_state(), world_size=self.dist.world_size, accum=self.accum,
+            rng=rng_per_rank[0], rng_per_rank=rng_per_rank, world_size=self.dist.world_size, accum=self.accum,
             grad_scaler=self.step.grad_scaler.state_dict() if self.step.grad_scaler is not None else None,
         )
-        path = ckpt.save_checkpoint(self.exp_dir, state, is_best, self.conf["keep_checkpoints"], self.conf["keep_best"])
+        previous = ckpt.read_pointer(self.exp_dir, "last_checkpoint")
+        try:
+            path = ckpt.save_checkpoint(self.exp_dir, state, is_best, self.conf["keep_checkpoints"],
+                                        self.conf["keep_best"])
+        except OSError as exc:
+            kept = f"{previous} and the pointer files are unchanged" if previous else "no checkpoint was written"
+            raise ckpt.CheckpointError(
+                f"{self.exp_dir / name}: cannot write the checkpoint ({exc}); {kept}. Free space or fix the "
+                "disk, then re-run the same command to resume from the last checkpoint"
+            ) from None
         log.info("saved %s%s", path, " (best so far)" if is_best else "")
 
     # -- training -------------------------------------------------------------------------
@@ -358,7 +445,8 @@ class Trainer:
         return stack
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items() if k != "index"}
+        return {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()
+                if k not in ("index", "bad_files")}
 
     def _set_train(self, train: bool) -> None:
         for module in self.step.modules.values():
@@ -389,34 +477,28 @@ class Trainer:
         count = 0
         t_start, samples = time.time(), 0
         total = self.total_updates()
+        pending = None  # the update being accumulated: buffers before it, finiteness, items
         for batch in self.train_loader:
             p.batch_in_epoch += 1
             is_update = p.batch_in_epoch % self.accum == 0 or p.batch_in_epoch == num_batches
+            if pending is None:
+                pending = {"buffers": self._snapshot_buffers(), "finite": True, "index": [], "bad_files": []}
+            pending["index"] += batch["index"].tolist()
+            pending["bad_files"] += batch.get("bad_files", [])
             data = self._to_device(batch)
             with self._no_sync(is_update):
                 parts = self.step.micro_step(data.pop("noisy"), data.pop("clean"), 1.0 / self.accum, **data)
+            pending["finite"] &= all(math.isfinite(v) for v in parts.values())
             samples += batch["noisy"].shape[0] * self.dist.world_size
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
             if not is_update:
                 continue
-            finite = all(math.isfinite(v) for v in parts.values())
-            upd = self.step.update()
-            finite = finite and all(math.isfinite(v) for v in upd.values())
+            upd = self.step.update(loss_finite=pending["finite"])
             p.step += 1
-            if not finite:
-                p.bad_steps_in_row += 1
-                p.skipped_steps += 1
-                log.warning("update %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)",
-                            p.step, p.bad_steps_in_row, p.skipped_steps)
-                if p.bad_steps_in_row >= conf["max_bad_steps"]:
-                    raise FloatingPointError(
-                        f"{p.bad_steps_in_row} non-finite updates in a row (max_bad_steps); lower the "
-                        "learning rate, check the data, or use precision fp32"
-                    )
-            else:
-                p.bad_steps_in_row = 0
+            self._after_update(upd, pending)
+            pending = None
             if p.step % conf["print_freq"] == 0 or p.step == 1:
                 self._log_train(sums, count, upd, samples, t_start, total)
                 sums, count = {}, 0
@@ -424,6 +506,68 @@ class Trainer:
                 break  # fit() validates and saves
             if conf["checkpoint_save_freq"] and p.step % conf["checkpoint_save_freq"] == 0:
                 self.save(None)
+
+    def _snapshot_buffers(self) -> list[torch.Tensor]:
+        """Copies of every module buffer (BatchNorm running statistics and counts, ...): the
+        forward pass changes them before the loss is known."""
+        return [b.detach().clone() for m in self.step.modules.values() for b in m.buffers()]
+
+    def _restore_buffers(self, saved: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for b, old in zip((b for m in self.step.modules.values() for b in m.buffers()), saved):
+                b.copy_(old)
+
+    def _after_update(self, upd: dict[str, float], pending: dict) -> None:
+        """Bookkeeping of one update: a skipped one leaves no trace in the modules' buffers
+        (the optimisers were not stepped, see TrainStep.update); max_bad_steps in a row, or
+        more unreadable files than max_bad_files, stop training (on every process alike)."""
+        p, conf = self.progress, self.conf
+        self._count_bad_files(pending["bad_files"])
+        if upd.get("scaler_overflow"):
+            self._restore_buffers(pending["buffers"])
+            p.overflow_steps += 1
+            log.info("update %d: fp16 gradient overflow, update skipped and loss scale lowered to %g "
+                     "(%d such skips in all)", p.step, self.step.grad_scaler.get_scale(), p.overflow_steps)
+            return
+        if not upd.get("nonfinite"):
+            p.bad_steps_in_row = 0
+            return
+        self._restore_buffers(pending["buffers"])
+        p.bad_steps_in_row += 1
+        p.skipped_steps += 1
+        data = self.train_loader.dataset.data
+        utts = sorted({data.utterances[i].utt for i in pending["index"]})
+        log.warning("update %d: non-finite %s, update skipped, weights, buffers and optimiser state kept "
+                    "(%d in a row, %d in all); utterances of this process's batch: %s", p.step,
+                    "loss" if not pending["finite"] else "gradient", p.bad_steps_in_row, p.skipped_steps,
+                    " ".join(utts))
+        if p.bad_steps_in_row >= conf["max_bad_steps"]:
+            raise FloatingPointError(
+                f"{p.bad_steps_in_row} non-finite updates in a row (max_bad_steps); lower the "
+                "learning rate, check the data, or use precision fp32"
+            )
+
+    def _count_bad_files(self, new: list[str]) -> None:
+        """Unreadable training files (skipped by the dataset) are named once and counted on
+        every process alike; more than ``max_bad_files`` stop training with the list."""
+        p = self.progress
+        known = set(p.bad_files)
+        new = sorted(set(new) - known)
+        if not any_process([bool(new)], self.dist)[0]:
+            return
+        for found in all_gather(new, self.dist):
+            for item in found:
+                if item not in known:
+                    known.add(item)
+                    p.bad_files.append(item)
+                    log.warning("skipped an unreadable training file (%d so far): %s", len(p.bad_files), item)
+        if len(p.bad_files) > self.conf["max_bad_files"]:
+            raise DataDirError(
+                f"{len(p.bad_files)} unreadable training files (more than max_bad_files "
+                f"{self.conf['max_bad_files']}); fix or remove them from the data dir (or raise max_bad_files "
+                "to train without them):\n  "
+                + "\n  ".join(p.bad_files)
+            )
 
     def _log_train(self, sums, count, upd, samples, t_start, total) -> None:
         p = self.progress
@@ -445,7 +589,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean of every loss part over the whole validation set, exact under sharding."""
+        """Mean of every loss part over the whole validation set, exact under sharding.
+
+        ``nonfinite_utterances`` counts the utterances of batches with a non-finite loss part;
+        they stay in the means (a non-finite mean is never taken as the best)."""
         if self.dist.enabled:
             # every rank validates rank 0's model: BatchNorm running statistics are per rank
             for module in self.step.modules.values():
@@ -453,7 +600,7 @@ class Trainer:
                     torch_dist.broadcast(buf, 0)
         self._set_train(False)
         sums: dict[str, float] = {}
-        n = 0
+        n = bad = 0
         for batch in self.valid_loader:
             data = self._to_device(batch)
             b = batch["noisy"].shape[0]
@@ -461,11 +608,13 @@ class Trainer:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * b
             n += b
+            bad += b if not all(math.isfinite(v) for v in parts.values()) else 0
         keys = sorted(sums)
-        totals = all_reduce_sum([sums[k] for k in keys] + [float(n)], self.dist)
+        totals = all_reduce_sum([sums[k] for k in keys] + [float(bad), float(n)], self.dist)
         count = totals[-1]
         self._set_train(True)
-        return {k: totals[i] / max(1.0, count) for i, k in enumerate(keys)} | {"utterances": count}
+        return ({k: totals[i] / max(1.0, count) for i, k in enumerate(keys)}
+                | {"nonfinite_utterances": totals[-2], "utterances": count})
 
     @torch.no_grad()
     def log_valid_examples(self) -> dict[str, float]:
@@ -489,6 +638,10 @@ class Trainer:
             noisy, _ = read_audio(u.noisy, expected_rate=rate)
             clean, _ = read_audio(u.clean, expected_rate=rate)
             est = enhance_signal(model, noisy, segment=10 * rate, overlap=rate, device=self.dist.device)
+            if not np.isfinite(est).all():
+                log.warning("validation example %s: the enhanced signal is NOT FINITE (not scored or logged)", u.utt)
+                scores["si_sdr"].append(math.nan)
+                continue
             scores["si_sdr"].append(si_sdr(clean, est))
             try:
                 scores["pesq_wb"].append(pesq_wb(resample(clean, rate, 16000), resample(est, rate, 16000)))
@@ -514,7 +667,11 @@ class Trainer:
         """Plateau bookkeeping; returns True when training should stop early."""
         p, conf = self.progress, self.conf
         loss = valid["loss"]
-        improved = loss < p.best_valid_loss
+        if not math.isfinite(loss):
+            log.warning("epoch %d validation: loss is NOT FINITE (%g; %d of %d utterances in batches with "
+                        "non-finite losses): never taken as the best checkpoint", p.epoch + 1, loss,
+                        valid.get("nonfinite_utterances", 0), valid.get("utterances", 0))
+        improved = math.isfinite(loss) and loss < p.best_valid_loss
         if improved:
             p.best_valid_loss = loss
             p.bad_epochs = 0

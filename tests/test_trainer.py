@@ -159,7 +159,8 @@ def test_non_finite_updates_are_skipped_then_stop(data, tmp_path):
     out = subprocess.run(train_cmd(data, tmp_path / "nan", "--max_steps", "5", "--init_learning_rate", "1e30",
                                    "--max_bad_steps", "2"), env=env(), capture_output=True, text=True)
     assert out.returncode == 1
-    assert "non-finite loss or gradient, update skipped" in out.stderr
+    assert "update 2: non-finite loss, update skipped" in out.stderr  # update 1 made the weights huge
+    assert "utterances of this process's batch: train_" in out.stderr  # the offending batch named
     assert "non-finite updates in a row (max_bad_steps)" in out.stderr
 
 

@@ -152,12 +152,23 @@ def _complex_block(w_re: torch.Tensor, w_im: torch.Tensor, dim_out: int, dim_in:
 
 
 class ComplexBatchNorm2d(nn.Module):
-    """Two independent real BNs (``bn_re``, ``bn_im``) on the planes: one BN over 2C channels."""
+    """Two independent real BNs (``bn_re``, ``bn_im``) on the planes: one BN over 2C channels.
+
+    ``sync_batchnorm(group)`` makes training-mode statistics those of the union of every
+    rank's batch (SyncBatchNorm's semantics; this module calls F.batch_norm itself, so
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm cannot reach it).
+    """
 
     def __init__(self, channels: int):
         super().__init__()
         self.bn_re = nn.BatchNorm2d(channels, eps=_BN_EPS)
         self.bn_im = nn.BatchNorm2d(channels, eps=_BN_EPS)
+        self.sync_group = None  # set by sync_batchnorm(); None: per-process statistics
+        self.sync = False
+
+    def sync_batchnorm(self, group=None) -> None:
+        """Synchronise batch statistics over ``group`` (default: the whole world)."""
+        self.sync, self.sync_group = True, group
 
     def _cat(self, name: str) -> torch.Tensor:
         return torch.cat([getattr(self.bn_re, name), getattr(self.bn_im, name)])  # (2C,)
@@ -174,6 +185,8 @@ class ComplexBatchNorm2d(nn.Module):
         if not self.uses_batch_stats():
             scale, shift = self.eval_affine()
             return torch.addcmul(shift[:, None, None], x, scale[:, None, None])
+        if self._synchronised():
+            return self._sync_forward(x)
         mean, var = self._cat("running_mean"), self._cat("running_var")
         y = F.batch_norm(x, mean, var, self._cat("weight"), self._cat("bias"),
                          training=True, momentum=self.bn_re.momentum, eps=_BN_EPS)
@@ -184,6 +197,38 @@ class ComplexBatchNorm2d(nn.Module):
                 bn.running_var.copy_(var[part])
                 bn.num_batches_tracked.add_(1)
         return y
+
+    def _synchronised(self) -> bool:
+        import torch.distributed as dist
+
+        return (self.sync and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size(self.sync_group) > 1)
+
+    def _sync_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training BN with the statistics of every rank's batch: one all-reduce of the
+        per-channel sums, sums of squares and counts (differentiable: its backward all-reduces
+        the gradients of the statistics, as SyncBatchNorm does)."""
+        from torch.distributed.nn.functional import all_reduce
+
+        c2 = x.shape[1]
+        xf = x.float()
+        dims = [0, 2, 3]
+        count = torch.full((1,), float(x.numel() // c2), device=x.device)
+        stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]), group=self.sync_group)
+        n = stats[-1]
+        mean = stats[:c2] / n  # (2C,)
+        var = (stats[c2:2 * c2] / n - mean * mean).clamp_min(0.0)  # biased, for normalising
+        scale = self._cat("weight") * torch.rsqrt(var + _BN_EPS)
+        y = (xf - mean[:, None, None]) * scale[:, None, None] + self._cat("bias")[:, None, None]
+        with torch.no_grad():
+            m = self.bn_re.momentum
+            unbiased = var.detach() * n / (n - 1).clamp_min(1.0)
+            channels = self.bn_re.num_features
+            for bn, part in ((self.bn_re, slice(0, channels)), (self.bn_im, slice(channels, None))):
+                bn.running_mean.mul_(1 - m).add_(mean.detach()[part], alpha=m)
+                bn.running_var.mul_(1 - m).add_(unbiased[part], alpha=m)
+                bn.num_batches_tracked.add_(1)
+        return y.to(x.dtype)
 
 
 class ComplexConv2d(nn.Module):

@@ -423,15 +423,16 @@ class GANTrainStep(TrainStep):
        backward(L_G * scale) runs while the PESQ workers compute ...
     5. ... and the scores are collected here.  q = (PESQ - 1) / 3.5.
     6. L_D = MSE(D(|S|, |S|), 1) + MSE(D(|S|, detach |S_hat|), q) where items whose PESQ
-       failed (NaN) are dropped from the second term only (count: ``pesq_failed``);
+       failed (NaN) get weight 0 in the second term only (count: ``pesq_failed``);
        backward(L_D * scale).
-    update() clips each network's gradients once and steps both optimisers.
+    update() clips each network's gradients once and steps both optimisers (or neither).
 
     mode 'clearvoice' reproduces the reference loss exactly: time loss on the clean real part
     + predicted imaginary part through the uncentred iSTFT, D's gradients from the
     adversarial generator term are kept (leak), PESQ is awaited before any backward and the
     whole batch is skipped (no backward at all, ``skipped`` = 1) when one item fails or L_G
-    is not finite.  (Skipping breaks DistributedDataParallel; use it single-process.)
+    is not finite.  (Skipping breaks DistributedDataParallel: refused with more than one
+    process, see check_world_size.)
     """
 
     # DistributedDataParallel wraps the generator itself (its forward is the spectral one)
@@ -448,6 +449,14 @@ class GANTrainStep(TrainStep):
         self.valid_pesq = bool(conf.get("valid_pesq", False))
         self.fs = int(conf.get("sampling_rate", MossFormerGAN.sampling_rate))
         self._pool = None
+
+    def check_world_size(self, world_size: int) -> None:
+        if self.mode == "clearvoice" and world_size > 1:
+            raise ValueError(
+                "gan_loss_mode clearvoice skips whole batches on the process whose PESQ failed, which "
+                f"DistributedDataParallel cannot follow: train it with one process (not {world_size}), "
+                "or use gan_loss_mode fixed"
+            )
 
     @property
     def pesq_pool(self):
@@ -488,8 +497,11 @@ class GANTrainStep(TrainStep):
     def discriminator_loss(self, clean_mag, est_mag, q, scale: float | None = None):
         """L_D = MSE(D(S, S), 1) + MSE(D(S, S_hat)[valid], q[valid]); est_mag is detached.
 
-        q: (B,) normalised PESQ with NaN for failed items.  With ``scale``, each term is
-        back-propagated (times scale) right after its forward.  Returns (L_D, n_failed).
+        q: (B,) normalised PESQ with NaN for failed items.  The second term runs on the whole
+        batch with weight 0 for failed items (the mean over the others; 0 when all failed), so
+        every process runs the same forwards and backwards, and so the same DDP collectives,
+        whatever PESQ returned (failed items still enter D's BatchNorm batch statistics).  With ``scale``, each term is back-propagated (times scale)
+        right after its forward.  Returns (L_D, n_failed).
         """
         disc = self.modules["discriminator"]
         est_mag = est_mag.detach()
@@ -501,16 +513,15 @@ class GANTrainStep(TrainStep):
         valid = torch.isfinite(q)
         n_failed = int((~valid).sum())
         loss = loss_max.detach() if scale is not None else loss_max
-        if n_failed < q.numel():
-            idx = valid.nonzero().flatten()
-            with self.autocast():
-                pred = disc(clean_mag[idx], est_mag[idx]).flatten().float()
-            loss_enh = F.mse_loss(pred, q[idx].to(pred))
-            if scale is not None:
-                self.backward(loss_enh * scale)
-                loss_enh = loss_enh.detach()
-            loss = loss + loss_enh
-        return loss, n_failed
+        with self.autocast():
+            pred = disc(clean_mag, est_mag).flatten().float()
+        weight = valid.to(pred)
+        target = torch.where(valid, q, 0.0).to(pred)
+        loss_enh = (weight * (pred - target) ** 2).sum() / weight.sum().clamp_min(1.0)
+        if scale is not None:
+            self.backward(loss_enh * scale)
+            loss_enh = loss_enh.detach()
+        return loss + loss_enh, n_failed
 
     # -- one step ------------------------------------------------------------------------------
     def micro_step(self, noisy: torch.Tensor, clean: torch.Tensor, scale: float, **_) -> dict[str, float]:
@@ -549,13 +560,6 @@ class GANTrainStep(TrainStep):
         if n_failed < len(scores):
             parts["pesq"] = float(np.nanmean(scores))
         return parts
-
-    def update(self) -> dict[str, float]:
-        norm_g = self.clip_and_step("model")
-        norm_d = self.clip_and_step("disc")
-        if self.grad_scaler is not None:
-            self.grad_scaler.update()
-        return {"grad_norm": norm_g, "grad_norm_disc": norm_d}
 
     def init_extra(self, init_checkpoint: str | Path) -> None:
         """Fine-tuning: the discriminator that belongs to the generator checkpoint, if any.

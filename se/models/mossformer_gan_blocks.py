@@ -25,6 +25,7 @@ Efficiency (same outputs as the reference up to float rounding):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -204,6 +205,14 @@ def _relu_square_block(q, k, v, offset: int, zero_diag: bool, dropout: float, tr
     return torch.bmm(a, v)  # (N, m, e)
 
 
+def _product_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """dtype of a matrix product of ``tensors`` here: autocast's when it is on for their device."""
+    device_type = tensors[0].device.type
+    if torch.is_autocast_enabled(device_type) and all(t.is_floating_point() for t in tensors):
+        return torch.get_autocast_dtype(device_type)
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+
+
 def relu_square_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -248,6 +257,12 @@ def relu_square_attention(
                 for i, qb in enumerate(q.split(m, dim=1))
             ], dim=1)
         return res if out is None else out + res
+    # the products' dtype: autocast's (e.g. bfloat16 scores from float32 q) or the inputs'
+    dtype = _product_dtype(q, k, v)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if out is not None and out.dtype != dtype:  # accumulate in the products' dtype, add once
+        return out + relu_square_attention(q, k, v, 1.0, zero_diag, dropout, training, None,
+                                           block_elements, checkpoint_blocks)
     if out is None:
         out = q.new_zeros(N, n, v.shape[-1])
     block_elements = block_elements or INFERENCE_BLOCK_ELEMENTS
@@ -564,10 +579,13 @@ class RotaryEmbedding(nn.Module):
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        pos = torch.arange(n, device=device, dtype=torch.float32)
-        ang = pos[:, None] * self.freqs.detach().float()[None, :]  # float32 angles (n, dim/2)
-        ang = ang.repeat_interleave(2, dim=-1).to(dtype)  # (n, dim)
-        out = (ang.cos(), ang.sin())
+        # ordinary tensors even under torch.inference_mode(): the cache outlives the call,
+        # and an inference tensor cannot be saved for a later training backward
+        with torch.inference_mode(False), torch.no_grad():
+            pos = torch.arange(n, device=device, dtype=torch.float32)
+            ang = pos[:, None] * self.freqs.detach().float()[None, :]  # float32 angles (n, dim/2)
+            ang = ang.repeat_interleave(2, dim=-1).to(dtype)  # (n, dim)
+            out = (ang.cos(), ang.sin())
         if len(self._cache) > 16:
             self._cache.clear()
         self._cache[key] = out
