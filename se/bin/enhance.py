@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             model.inference_dither = args.fbank_dither
         rate = get_entry(info["network"]).sampling_rate
         log.info("%s from %s (%s format), %s decode path, %d file(s)", info["network"], info["file"],
-                 info["format"], "ClearVoice" if args.clearvoice_compat else "default", len(items))
+                 info["format"], "ClearVoice" if args.clearvoice_compat else
+                 "streaming (causal)" if getattr(model, "causal", False) else "default", len(items))
         out_dir = Path(args.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         total_clipped, audio_s, t0 = 0, 0.0, time.time()
