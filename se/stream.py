@@ -149,9 +149,8 @@ class _UNetState:
     def reset(self) -> None:
         u = self.unet
         with torch.no_grad():
-            self.enc_w = [_detached(getattr(u, f"encoder{i}")._weights()) for i in range(_DEPTH)]
-            # (2Cout, 2Cin, kF, 2), BN folded
-            self.dec_w = [_detached(_stacked_taps(*getattr(u, f"decoder{i}")._weights())) for i in range(_DEPTH)]
+            self.enc_w = [_encoder_weights(*getattr(u, f"encoder{i}")._weights()) for i in range(_DEPTH)]
+            self.dec_w = [_decoder_weights(*getattr(u, f"decoder{i}")._weights()) for i in range(_DEPTH)]
             self.freq_w = {name: _freq_fsmn_weights(getattr(u, name)) for name in
                            [f"fsmn_enc{i}" for i in range(1, _DEPTH)] + [f"fsmn_dec{i}" for i in range(_DEPTH - 1)]}
             self.time_w = [_detached(_fsmn_weights(getattr(u.fsmn, f"fsmn_re_{layer}"),
@@ -163,23 +162,30 @@ class _UNetState:
         self.se_den = {}  # SE layer name -> decayed frame count
 
     # layers ------------------------------------------------------------------------------------
-    def _encoder(self, i: int, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2Cin) -> (1, F', 1, 2C)
-        weight, bias = self.enc_w[i]
-        cur = h.permute(0, 3, 1, 2)  # (1, 2Cin, F, 1)
+    def _encoder(self, i: int, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2Cin) -> (1, F', 1, 2Cout)
+        """frame t = W[.., 0] * in[t - 1] + W[.., 1] * in[t] (Encoder: past-side padding), as
+        one matrix product of the frequency windows (stride 2) with the folded weight."""
+        weight, bias, kernel = self.enc_w[i]  # (2 * 2Cin * kF, 2Cout) rows (time tap, cin, kf)
+        cur = h.view(h.shape[1], -1)  # (F, 2Cin)
         prev = self.enc_prev[i] if self.enc_prev[i] is not None else torch.zeros_like(cur)
         self.enc_prev[i] = cur
-        # frame t = W[.., 0] * in[t - 1] + W[.., 1] * in[t] (Encoder: past-side padding)
-        y = F.conv2d(torch.cat([prev, cur], 3), weight, bias, _STRIDE)  # (1, 2Cout, F', 1)
-        return _channels_last(F.leaky_relu(y, _LEAKY_SLOPE))
+        windows = torch.stack([prev, cur], 1).unfold(0, kernel, _STRIDE[0])  # (F', 2, 2Cin, kF)
+        y = torch.addmm(bias, windows.reshape(windows.shape[0], -1), weight)  # (F', 2Cout)
+        return F.leaky_relu(y, _LEAKY_SLOPE).view(1, y.shape[0], 1, -1)
 
-    def _decoder(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.dec_w[i]  # (2 * 2Cin, 2Cout, kF, 1)
-        cur = h.permute(0, 3, 1, 2)  # (1, 2Cin, F, 1)
+    def _decoder(self, i: int, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2Cin) -> (1, F', 1, 2Cout)
+        """frame t = W[.., 0] * in[t] + W[.., 1] * in[t - 1] (Decoder: unpadded, last frame
+        trimmed): one matrix product per frame, then the stride-2 overlap-add along F."""
+        weight, bias, kernel = self.dec_w[i]  # (2 * 2Cin, kF * 2Cout) rows [cur taps; prev taps]
+        cur = h.view(h.shape[1], -1)  # (F, 2Cin)
         prev = self.dec_prev[i] if self.dec_prev[i] is not None else torch.zeros_like(cur)
         self.dec_prev[i] = cur
-        # frame t = W[.., 0] * in[t] + W[.., 1] * in[t - 1]: one transposed conv on [cur; prev]
-        y = F.conv_transpose2d(torch.cat([cur, prev], 1), weight, bias, _STRIDE)  # (1, 2Cout, F', 1)
-        return _channels_last(F.leaky_relu(y, _LEAKY_SLOPE))
+        cols = torch.mm(torch.cat([cur, prev], 1), weight).view(cur.shape[0], kernel, -1)  # (F, kF, 2Cout)
+        freq_out = (cur.shape[0] - 1) * _STRIDE[0] + kernel
+        y = bias.expand(freq_out, -1).clone()  # (F', 2Cout)
+        for k in range(kernel):
+            y[k : k + _STRIDE[0] * (cur.shape[0] - 1) + 1 : _STRIDE[0]] += cols[:, k]
+        return F.leaky_relu(y, _LEAKY_SLOPE).view(1, freq_out, 1, -1)
 
     def _se(self, name: str, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2C)
         mean = h.mean(dim=(1, 2))  # (1, 2C)
@@ -190,18 +196,26 @@ class _UNetState:
         return h * gate[:, None, None, :]
 
     def _freq_fsmn(self, name: str, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2C), memory along F
-        """One frame of a frequency FSMN pair (``_complex_fsmn`` along F, T = 1)."""
-        w_x, bias, w_proj, taps = self.freq_w[name]  # (C, 2H), (2H,), (2, H, C), (2C, 1, K)
-        freq, channels, lorder = h.shape[1], w_x.shape[0], taps.shape[-1]
+        """One frame of a frequency FSMN pair (``_complex_fsmn`` along F, T = 1).
+
+        The memory is a per-channel FIR along F, run as one multiply-add per tap on
+        (F, plane x 2C) rows (taps that reach only the zero padding are skipped): for one
+        frame this beats oneDNN's grouped convolution, whose fixed cost per call dominates.
+        """
+        w_x, bias, w_proj, taps = self.freq_w[name]  # (C, 2H), (2H,), (2, H, C), (K, plane * 2C)
+        freq, channels, lorder = h.shape[1], w_x.shape[0], taps.shape[0]
         x = h.view(freq * 2, channels)  # rows (f, plane)
         hid = torch.addmm(bias, x, w_x).relu_()  # (F * 2, 2H): both FSMNs' hidden layers
         p = torch.bmm(hid.view(freq * 2, 2, -1).transpose(0, 1), w_proj)  # (fsmn, F * 2, C)
-        p = p.view(2, freq, 2, channels).permute(2, 0, 3, 1).reshape(2, 2 * channels, freq)  # (plane, 2C, F)
-        z = F.conv1d(F.pad(p, (lorder - 1, 0)), taps, groups=2 * channels)  # P + memory(P)
-        z = z.view(2, 2, channels, freq) + x.view(freq, 2, channels).permute(1, 2, 0)[:, None]  # + X
-        real = z[0, 0] - z[1, 1]  # fsmn_re(x_r) - fsmn_im(x_i), (C, F)
-        imag = z[1, 0] + z[0, 1]  # fsmn_re(x_i) + fsmn_im(x_r)
-        return torch.cat([real, imag]).t().reshape(1, freq, 1, 2 * channels)
+        p = p.view(2, freq, 2, channels).permute(1, 2, 0, 3).reshape(freq, 4 * channels)  # (F, plane*fsmn*C)
+        z = p * taps[lorder - 1]  # current-step tap (+1: the P term)
+        for k in range(max(0, lorder - freq), lorder - 1):  # tap k reads step f - (K - 1 - k)
+            lag = lorder - 1 - k
+            z[lag:].addcmul_(p[: freq - lag], taps[k])
+        z = z.view(freq, 2, 2, channels) + x.view(freq, 2, 1, channels)  # (F, plane, fsmn, C) + X
+        real = z[:, 0, 0] - z[:, 1, 1]  # fsmn_re(x_r) - fsmn_im(x_i), (F, C)
+        imag = z[:, 1, 0] + z[:, 0, 1]  # fsmn_re(x_i) + fsmn_im(x_r)
+        return torch.cat([real, imag], 1).view(1, freq, 1, 2 * channels)
 
     def _time_fsmn(self, h: torch.Tensor) -> torch.Tensor:  # (1, 1, 1, 2C), memory along T
         """One step of the bottleneck FSMN's two layers (as _ComplexFsmnFunction, S = T)."""
@@ -248,16 +262,26 @@ def _detached(tensors):
 
 
 def _freq_fsmn_weights(mod):
-    """(C, 2H) input weights, (2H,) bias, (2, H, C) projections, (2C, 1, K) taps (+1 current)."""
+    """(C, 2H) input weights, (2H,) bias, (2, H, C) projections, (K, plane * 2C) taps (+1 on
+    the current step) of a frequency FSMN pair."""
     w_lin, w_proj, taps = _fsmn_weights(mod.fsmn_re_L1, mod.fsmn_im_L1)
     channels = w_proj.shape[1]
-    return _detached((w_lin[:, :channels].t(), w_lin[:, channels], w_proj.transpose(1, 2), taps[:, None, :]))
+    return _detached((w_lin[:, :channels].t(), w_lin[:, channels], w_proj.transpose(1, 2), taps.t().repeat(1, 2)))
 
 
-def _stacked_taps(weight: torch.Tensor, bias: torch.Tensor):
-    """Transposed-conv weight (2Cin, 2Cout, kF, 2) -> (2 * 2Cin, 2Cout, kF, 1): time tap 0
-    (current frame) over time tap 1 (previous frame), for input channels [cur; prev]."""
-    return torch.cat([weight[..., 0:1], weight[..., 1:2]], 0).contiguous(), bias
+def _encoder_weights(weight: torch.Tensor, bias: torch.Tensor):
+    """Folded conv weight (2Cout, 2Cin, kF, 2) -> (2 * 2Cin * kF, 2Cout), rows ordered as the
+    flattened (time tap, cin, kf) windows of ``_UNetState._encoder``; bias; kF."""
+    kernel = weight.shape[2]
+    return weight.permute(3, 1, 2, 0).reshape(-1, weight.shape[0]).contiguous(), bias.contiguous(), kernel
+
+
+def _decoder_weights(weight: torch.Tensor, bias: torch.Tensor):
+    """Folded transposed-conv weight (2Cin, 2Cout, kF, 2) -> (2 * 2Cin, kF * 2Cout): time tap 0
+    (current frame) over time tap 1 (previous frame); bias; kF."""
+    kernel = weight.shape[2]
+    stacked = torch.cat([weight[..., 0], weight[..., 1]], 0)  # (2 * 2Cin, 2Cout, kF)
+    return stacked.permute(0, 2, 1).reshape(stacked.shape[0], -1).contiguous(), bias.contiguous(), kernel
 
 
 def enhance_stream(model: FRCRN, x: np.ndarray) -> np.ndarray:
