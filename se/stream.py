@@ -64,7 +64,8 @@ class StreamingEnhancer:
         return 1000.0 * self.latency / self.model.sampling_rate
 
     def reset(self) -> None:
-        """Forget the signal: a new stream starts (all layer states zero)."""
+        """Forget the signal: a new stream starts (all layer states zero).  The model's weights
+        are read here (BN folded), so call it after changing them."""
         self._inbuf = np.zeros(self.edge, dtype=self.np_dtype)  # samples not yet consumed by a frame
         self._ola = torch.zeros(self.win, dtype=self.dtype, device=self.device)  # overlap-add
         self._norm = torch.zeros(self.win, dtype=self.dtype, device=self.device)  # sum of window^2
@@ -120,12 +121,12 @@ class StreamingEnhancer:
         start = time.perf_counter()
         model = self.model
         x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, self.dtype)
-        spec = F.conv1d(x.view(1, 1, -1), model.stft.weight)  # (1, 2F, 1)
+        spec = torch.mv(model.stft.weight.view(-1, self.win), x)  # (2F,): the STFT conv, one frame
         noisy = spec.view(1, 2, -1, 1)  # (1, 2, F, 1)
         u1 = self._unets[0].step(_channels_last(noisy))  # (1, F, 1, 2)
         u2 = self._unets[1].step(u1)
         est_spec, _ = _apply_mask(noisy, u1, u2)  # (1, 2F, 1)
-        frame_out = F.conv_transpose1d(est_spec, model.istft.weight).view(-1)  # (win,)
+        frame_out = torch.mv(model.istft.weight.view(-1, self.win).t(), est_spec.view(-1))  # (win,)
         self._ola += frame_out
         self._norm += model.istft.window.view(-1) ** 2
         out = (self._ola[: self.hop] / (self._norm[: self.hop] + 1e-8)).cpu().numpy()

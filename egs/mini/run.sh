@@ -5,6 +5,8 @@
 #   e.g.: ./run.sh                                   # everything, FRCRN_SE_16K at 16 kHz
 #         ./run.sh --network MossFormer2_SE_48K      # the 48 kHz path
 #         ./run.sh --stage 3 --stop-stage 3 --ngpu 1 # only training, on a GPU
+#         ./run.sh --stage 3 --conf conf/train_FRCRN_SE_16K_causal.yaml --compare FRCRN_SE_16K
+#                                                    # causal FRCRN (streamed), beside the offline one
 set -euo pipefail
 
 stage=0                # first stage to run
@@ -14,7 +16,9 @@ fs=                    # corpus sample rate; empty = the network's rate (16000 o
 ngpu=0                 # GPUs per node for training (0 = CPU)
 num_nodes=1            # nodes for training (more than 1 needs cmd_backend=slurm)
 nj=2                   # parallel jobs for enhancement and scoring
-tag=                   # experiment name; default <network>
+conf=                  # training config; default conf/train_<network>.yaml
+tag=                   # experiment name; default the config's name without train_ (e.g. FRCRN_SE_16K)
+compare=               # experiments (tags) scored on the same test set, shown beside this one in RESULTS.md
 train_args=            # extra training options (shell quoting), e.g. "--max_epoch 2 --batch_size 4"
 metrics=all            # metrics of the scoring stage (se.bin.score --metrics), e.g. "pesq_wb,stoi,si_sdr"
 
@@ -29,9 +33,9 @@ cd "$here"
 if [ -z "$fs" ]; then
   fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
 fi
-[ -n "$tag" ] || tag=$network
-conf=conf/train_${network}.yaml
-[ -f "$conf" ] || { log "no $conf: networks with a mini config are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | xargs)"; exit 1; }
+[ -n "$conf" ] || conf=conf/train_${network}.yaml
+[ -f "$conf" ] || { log "no $conf: mini configs are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | xargs)"; exit 1; }
+[ -n "$tag" ] || tag=$(basename "$conf" .yaml | sed 's/^train_//')
 corpus=downloads/mini_${fs}
 data=data/${fs}
 exp=exp/${tag}
@@ -71,7 +75,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  log "Stage 4: enhance $data/test with the best checkpoint of $exp"
+  log "Stage 4: enhance $data/test with the best checkpoint of $exp (causal models: streamed hop by hop)"
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
   "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/test" "$exp/enhanced/test"
 fi
@@ -81,7 +85,11 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   [ -f "$exp/enhanced/test/wav.scp" ] || { log "no enhanced audio in $exp/enhanced/test; run stage 4 first"; exit 1; }
   "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/test/spk1.scp" "$data/test/wav.scp" "$exp/scores/test/noisy"
   "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/test/spk1.scp" "$exp/enhanced/test/wav.scp" "$exp/scores/test/enhanced"
-  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores"
+  compare_opts=()
+  for other in $compare; do
+    compare_opts+=(--compare "$other=exp/$other/scores")
+  done
+  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" "${compare_opts[@]}"
   cat "$exp/RESULTS.md"
 fi
 

@@ -629,6 +629,7 @@ class ComplexSELayer(nn.Module):
         return x * self.gate(pooled)[:, None]  # (B, F, T, 2C): one gate per frame
 
 
+@float32  # under autocast the running sums (up to thousands of frames) stay in float32
 def causal_time_mean(x: torch.Tensor, decay: float) -> torch.Tensor:
     """Causal running mean along dim 1 of (B, T, D): out[t] = sum_s a^(t-s) x[s] / sum_s a^(t-s)
     over s <= t, a = ``decay``.  a = 1 is the cumulative mean; a < 1 an exponential mean whose
@@ -834,7 +835,11 @@ class FRCRN(nn.Module):
                 f"unknown FRCRN network_kwargs {unknown}; allowed: {list(cls._NETWORK_KWARGS)}"
             )
         kwargs.update(extra)
-        return {**defaults, **kwargs}
+        out = {**defaults, **kwargs}
+        for key in ("causal", "se_time_constant"):  # listed only when set: the kwargs of released-
+            if not out[key]:                           # architecture checkpoints stay as they were
+                del out[key]
+        return out
 
     @classmethod
     def from_config(cls, conf: dict) -> "FRCRN":
