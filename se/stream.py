@@ -20,6 +20,7 @@ FSMNs and the 1x1 output convolution have no time context.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -136,6 +137,11 @@ class StreamingEnhancer:
         return out
 
 
+# frequency-FSMN memories of at most this many products (F x K x 4C) run as one product over
+# an unfolded view; larger ones as one multiply-add per tap (no large temporary)
+_SMALL_MAP = 1 << 16
+
+
 class _UNetState:
     """One ComplexUNet run one frame at a time (eval mode), with its per-layer state.
 
@@ -154,6 +160,8 @@ class _UNetState:
             self.dec_w = [_decoder_weights(*getattr(u, f"decoder{i}")._weights()) for i in range(_DEPTH)]
             self.freq_w = {name: _freq_fsmn_weights(getattr(u, name)) for name in
                            [f"fsmn_enc{i}" for i in range(1, _DEPTH)] + [f"fsmn_dec{i}" for i in range(_DEPTH - 1)]}
+            self.se_w = {name: _se_weights(getattr(u, name)) for name in
+                         [f"se_layer_enc{i}" for i in range(_DEPTH - 1)] + [f"se_layer_dec{i}" for i in range(_DEPTH - 2)]}
             self.time_w = [_detached(_fsmn_weights(getattr(u.fsmn, f"fsmn_re_{layer}"),
                                                    getattr(u.fsmn, f"fsmn_im_{layer}"))) for layer in ("L1", "L2")]
         self.enc_prev = [None] * _DEPTH  # previous input frame of each encoder (1, 2Cin, F, 1)
@@ -181,11 +189,10 @@ class _UNetState:
         cur = h.view(h.shape[1], -1)  # (F, 2Cin)
         prev = self.dec_prev[i] if self.dec_prev[i] is not None else torch.zeros_like(cur)
         self.dec_prev[i] = cur
-        cols = torch.mm(torch.cat([cur, prev], 1), weight).view(cur.shape[0], kernel, -1)  # (F, kF, 2Cout)
+        cols = torch.mm(torch.cat([cur, prev], 1), weight)  # (F, kF * 2Cout): input bin f, tap k
         freq_out = (cur.shape[0] - 1) * _STRIDE[0] + kernel
-        y = bias.expand(freq_out, -1).clone()  # (F', 2Cout)
-        for k in range(kernel):
-            y[k : k + _STRIDE[0] * (cur.shape[0] - 1) + 1 : _STRIDE[0]] += cols[:, k]
+        y = bias.repeat(freq_out, 1)  # (F', 2Cout)
+        y.index_add_(0, _overlap_index(cur.shape[0], kernel), cols.view(-1, y.shape[1]))  # bin 2f + k
         return F.leaky_relu(y, _LEAKY_SLOPE).view(1, freq_out, 1, -1)
 
     def _se(self, name: str, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2C)
@@ -193,15 +200,20 @@ class _UNetState:
         num = self.se_num.get(name)
         self.se_num[name] = mean if num is None else num * self.decay + mean
         self.se_den[name] = self.se_den.get(name, 0.0) * self.decay + 1.0
-        gate = getattr(self.unet, name).gate(self.se_num[name] / self.se_den[name])  # (1, 2C)
-        return h * gate[:, None, None, :]
+        w1, b1, w2, b2 = self.se_w[name]  # both MLPs (fc_r, fc_i) stacked
+        pooled = (self.se_num[name] / self.se_den[name]).view(2, -1)  # (plane, C): a_r, a_i
+        hid = torch.addmm(b1, pooled, w1).relu_().view(2, 2, -1).transpose(0, 1)  # (fc, plane, hidden)
+        g = torch.baddbmm(b2, hid, w2).sigmoid_()  # (fc, plane, C): fc_r(a_r), fc_r(a_i); fc_i(...)
+        gate = torch.cat([g[0, 0] - g[1, 1], g[0, 1] + g[1, 0]])  # (2C,): ComplexSELayer.gate
+        return h * gate
 
     def _freq_fsmn(self, name: str, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2C), memory along F
         """One frame of a frequency FSMN pair (``_complex_fsmn`` along F, T = 1).
 
-        The memory is a per-channel FIR along F, run as one multiply-add per tap on
-        (F, plane x 2C) rows (taps that reach only the zero padding are skipped): for one
-        frame this beats oneDNN's grouped convolution, whose fixed cost per call dominates.
+        The memory is a per-channel FIR along F on (F, plane x 2C) rows: one product over an
+        unfolded view for small maps, else one multiply-add per tap (taps that reach only the
+        zero padding are skipped).  For one frame both beat oneDNN's grouped convolution,
+        whose fixed cost per call dominates.
         """
         w_x, bias, w_proj, taps = self.freq_w[name]  # (C, 2H), (2H,), (2, H, C), (K, plane * 2C)
         freq, channels, lorder = h.shape[1], w_x.shape[0], taps.shape[0]
@@ -209,10 +221,14 @@ class _UNetState:
         hid = torch.addmm(bias, x, w_x).relu_()  # (F * 2, 2H): both FSMNs' hidden layers
         p = torch.bmm(hid.view(freq * 2, 2, -1).transpose(0, 1), w_proj)  # (fsmn, F * 2, C)
         p = p.view(2, freq, 2, channels).permute(1, 2, 0, 3).reshape(freq, 4 * channels)  # (F, plane*fsmn*C)
-        z = p * taps[lorder - 1]  # current-step tap (+1: the P term)
-        for k in range(max(0, lorder - freq), lorder - 1):  # tap k reads step f - (K - 1 - k)
-            lag = lorder - 1 - k
-            z[lag:].addcmul_(p[: freq - lag], taps[k])
+        if freq * lorder * p.shape[1] <= _SMALL_MAP:  # one product over all taps
+            padded = F.pad(p, (0, 0, lorder - 1, 0))  # (K - 1 + F, 4C)
+            z = (padded.unfold(0, lorder, 1) * taps.t()).sum(-1)  # (F, 4C): windows (F, 4C, K)
+        else:
+            z = p * taps[lorder - 1]  # current-step tap (+1: the P term)
+            for k in range(max(0, lorder - freq), lorder - 1):  # tap k reads step f - (K - 1 - k)
+                lag = lorder - 1 - k
+                z[lag:].addcmul_(p[: freq - lag], taps[k])
         z = z.view(freq, 2, 2, channels) + x.view(freq, 2, 1, channels)  # (F, plane, fsmn, C) + X
         real = z[:, 0, 0] - z[:, 1, 1]  # fsmn_re(x_r) - fsmn_im(x_i), (F, C)
         imag = z[:, 1, 0] + z[:, 0, 1]  # fsmn_re(x_i) + fsmn_im(x_r)
@@ -258,8 +274,21 @@ class _UNetState:
         return self.unet.linear(p)  # (1, F, 1, 2)
 
 
+@functools.lru_cache(maxsize=64)
+def _overlap_index(freq: int, kernel: int) -> torch.Tensor:
+    """Output bin 2f + k of input bin f and tap k, in (f, k) order (stride-2 transposed conv)."""
+    return (torch.arange(freq)[:, None] * _STRIDE[0] + torch.arange(kernel)[None, :]).reshape(-1)
+
+
 def _detached(tensors):
     return tuple(t.detach().contiguous() for t in tensors)
+
+
+def _se_weights(layer):
+    """ComplexSELayer's two MLPs stacked: (C, 2 * hidden), (2 * hidden,), (2, hidden, C), (2, 1, C)."""
+    (r1, _, r2, _), (i1, _, i2, _) = layer.fc_r, layer.fc_i
+    return _detached((torch.cat([r1.weight, i1.weight]).t(), torch.cat([r1.bias, i1.bias]),
+                      torch.stack([r2.weight.t(), i2.weight.t()]), torch.stack([r2.bias, i2.bias])[:, None]))
 
 
 def _freq_fsmn_weights(mod):

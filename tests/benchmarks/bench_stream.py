@@ -21,7 +21,7 @@ import subprocess
 import numpy as np
 import torch
 
-from se.models.frcrn import FRCRN
+from se.models.frcrn import _DECODER_KERNELS, _ENCODER_KERNELS, FRCRN, _frequency_sizes
 from se.stream import StreamingEnhancer, hop_statistics
 
 
@@ -32,6 +32,21 @@ def _cpu() -> str:
         return platform.processor()
     name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
     return f"{name} ({'AVX-512' if 'avx512' in out else 'AVX2 only'})"
+
+
+def macs_per_hop(channels: int, hidden: int, lorder: int = 20) -> float:
+    """Multiply-adds of one hop (both U-Nets, one frame), from the layer tables: the floor of
+    the compute whatever the implementation (SE MLPs, STFTs and the mask are negligible)."""
+    sizes = _frequency_sizes(321)  # F after each encoder: 321, 159, 78, 37, 17, 7, 2, 1
+    c, macs = channels, 0
+    for i, (k, _) in enumerate(_ENCODER_KERNELS):  # output bins x (2 taps x 2Cin x kF) x 2Cout
+        macs += sizes[i + 1] * (2 * 2 * (1 if i == 0 else c) * k) * 2 * c
+    for i, (k, _) in enumerate(_DECODER_KERNELS):  # input bins x (2 taps x 2Cin) x kF x 2Cout
+        macs += sizes[7 - i] * (2 * 2 * (c if i == 0 else 2 * c)) * k * 2 * (1 if i == 6 else c)
+    fsmn_bins = sizes[1:7] + sizes[1:7]  # fsmn_enc1..6 and fsmn_dec0..5 see the same sizes
+    macs += sum(f * (8 * c * hidden + 4 * c * lorder) for f in fsmn_bins)  # 2 planes x 2 FSMNs
+    macs += 2 * (8 * c * hidden + 4 * c * lorder)  # bottleneck time FSMN, 2 layers, 1 bin
+    return 2 * macs  # two U-Nets
 
 
 def run(channels: int, seconds: float, seed: int = 0) -> dict:
@@ -52,7 +67,8 @@ def run(channels: int, seconds: float, seed: int = 0) -> dict:
         enhancer.process(x[start : start + hop])
     stats = hop_statistics(enhancer.hop_seconds, hop / model.sampling_rate)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"channels": channels, "params_M": round(params / 1e6, 2), "seconds": seconds,
+    return {"channels": channels, "params_M": round(params / 1e6, 2),
+            "gmac_per_hop": round(macs_per_hop(channels, channels) / 1e9, 3), "seconds": seconds,
             **{k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}}
 
 
