@@ -11,7 +11,7 @@ set -euo pipefail
 
 stage=0                # first stage to run
 stop_stage=5           # last stage to run
-network=FRCRN_SE_16K   # FRCRN_SE_16K, MossFormerGAN_SE_16K or MossFormer2_SE_48K
+network=FRCRN_SE_16K   # FRCRN_SE_16K, MossFormerGAN_SE_16K or MossFormer2_SE_48K (with --conf: its network)
 fs=                    # corpus sample rate; empty = the network's rate (16000 or 48000)
 ngpu=0                 # GPUs per node for training (0 = CPU)
 num_nodes=1            # nodes for training (more than 1 needs cmd_backend=slurm)
@@ -30,6 +30,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$SE_ROOT/steps/parse_options.sh"
 cd "$here"
 
+if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)
+  [ -f "$conf" ] || { log "no $conf"; exit 1; }
+  network=$(python -c 'import sys; from se.config import load; print(load(sys.argv[1])["network"])' "$conf")
+fi
 if [ -z "$fs" ]; then
   fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
 fi

@@ -51,6 +51,10 @@ e.g.: $0 --vbd_root /corpora/VoiceBank-DEMAND --network FRCRN_SE_16K --ngpu 1"
 . "$SE_ROOT/steps/parse_options.sh"
 cd "$(dirname "$0")"
 
+if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)
+  [ -f "$conf" ] || { log "no $conf"; exit 1; }
+  network=$(python -c 'import sys; from se.config import load; print(load(sys.argv[1])["network"])' "$conf")
+fi
 [ -n "$conf" ] || conf=conf/train_${network}.yaml
 if [ ! -f "$conf" ]; then
   log "no $conf: networks with a config are $(cd conf && printf '%s ' train_*.yaml | sed 's/train_\([^ ]*\)\.yaml/\1/g')"
