@@ -139,7 +139,7 @@ class StreamingEnhancer:
 
 # frequency-FSMN memories of at most this many products (F x K x 4C) run as one product over
 # an unfolded view; larger ones as one multiply-add per tap (no large temporary)
-_SMALL_MAP = 1 << 16
+_SMALL_MAP = 1 << 18
 
 
 class _UNetState:
