@@ -352,3 +352,37 @@ def test_hop_statistics_and_late_hop_warning(caplog):
     assert stats["rtf"] == pytest.approx(1.33 / 20)
     assert "hop 99 took 30.0 ms, longer than real time" in caplog.text
     assert hop_statistics([], 0.02) == {"hops": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# RESULTS.md: another experiment's row beside this one (causal vs offline)
+# ---------------------------------------------------------------------------------------------
+def _scores(d: Path, rows: dict) -> None:
+    import json
+
+    from se.results import scores_tsv, summarize
+
+    d.mkdir(parents=True)
+    columns = ["si_sdr"]
+    (d / "scores.tsv").write_text(scores_tsv(columns, rows))
+    (d / "summary.json").write_text(json.dumps({"n_utts": len(rows), "metrics": summarize(columns, rows)}))
+
+
+def test_make_results_compare_rows(tmp_path, capsys):
+    from se.bin import make_results
+
+    exp, other = tmp_path / "causal", tmp_path / "offline"
+    _scores(exp / "scores/test/noisy", {"a": {"si_sdr": 1.0}, "b": {"si_sdr": 3.0}})
+    _scores(exp / "scores/test/enhanced", {"a": {"si_sdr": 5.0}, "b": {"si_sdr": 7.0}})
+    _scores(other / "scores/test/enhanced", {"a": {"si_sdr": 6.0}, "b": {"si_sdr": 9.0}})
+    assert make_results.main(["--exp-dir", str(exp), "--compare", f"offline={other / 'scores'}"]) == 0
+    table = [line for line in (exp / "RESULTS.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[2:] == ["| noisy (input) | 2 | 2.000 |", "| enhanced | 2 | 6.000 |",
+                         "| enhanced: offline | 2 | 7.500 |", "| difference | | +4.000 |"]
+    _scores(tmp_path / "fewer/scores/test/enhanced", {"a": {"si_sdr": 6.0}})
+    for spec, message in ((f"{other / 'scores'}", "expected LABEL=SCORES_ROOT"),
+                          (f"x={tmp_path / 'fewer/scores'}", "not the same utterances"),
+                          (f"x={tmp_path / 'none'}", "summary.json: not found")):
+        assert make_results.main(["--exp-dir", str(exp), "--compare", spec]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
