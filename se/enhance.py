@@ -6,6 +6,9 @@ overlapping segments whose outputs are cross-faded linearly over the overlap (me
 bounded by the segment length). The output is divided by the same gain, so the level of the
 input is kept exactly, and has exactly the input's length.
 
+Causal models (FRCRN with ``causal: true``) are enhanced hop by hop by se.stream, whatever the
+length (no segments).
+
 ClearVoice path: ``model.clearvoice_decode`` reproduces the reference decode (its padding,
 segmentation and de-normalisation), for users who must match ClearVoice outputs.
 """
@@ -45,7 +48,15 @@ def segment_starts(length: int, segment: int, overlap: int) -> list[int]:
 
 @torch.inference_mode()
 def enhance_normalised(model, x: np.ndarray, segment: int, overlap: int, device="cpu") -> np.ndarray:
-    """Enhances a normalised signal (L,) with ``model.enhance``; returns float64 (L,)."""
+    """Enhances a normalised signal (L,) with ``model.enhance``; returns float64 (L,).
+
+    A causal model (``model.causal``) runs hop by hop through se.stream instead: memory stays
+    bounded without segments, and the output is the one a real-time stream gets.
+    """
+    if getattr(model, "causal", False):
+        from se.stream import enhance_stream
+
+        return enhance_stream(model, x)
     length = len(x)
     if overlap >= segment:
         raise ValueError(f"segment overlap ({overlap}) must be shorter than the segment ({segment})")

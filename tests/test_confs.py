@@ -19,6 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFS = sorted(REPO.glob("egs/*/conf/train_*.yaml"))
 
 
+def model_is_causal(name, conf) -> bool:
+    with torch.device("meta"):
+        return bool(getattr(build_network(name, conf), "causal", False))
+
+
 def test_recipes_have_configs():
     recipes = {p.parent.parent.name for p in CONFS}
     assert {"mini", "voicebank_demand"} <= recipes, recipes
@@ -28,10 +33,13 @@ def test_recipes_have_configs():
 def test_config_builds(path):
     conf = resolve_config(config.load(path))  # unknown keys and bad types are errors
     name = conf["network"]
-    # recipes pick conf/train_<network>.yaml (train_sim_<network>.yaml: simulated data) by --network
-    assert path.stem in (f"train_{name}", f"train_sim_{name}")
+    # recipes pick conf/train_<network>.yaml (train_sim_<network>.yaml: simulated data) by --network;
+    # variants (--conf) are train_<network>_<what>.yaml
+    assert path.stem in (f"train_{name}", f"train_sim_{name}") or path.stem.startswith(f"train_{name}_")
     if conf["simulation"] or path.stem.startswith("train_sim_"):
         parse_simulation(conf["simulation"], str(path))  # keys and values checked, data dirs not opened
+    if path.stem.endswith("_causal"):
+        assert model_is_causal(name, conf), f"{path}: a _causal config without network_kwargs causal: true"
     assert conf["sampling_rate"] == network_sampling_rate(name)
 
     kwargs = network_kwargs(name, conf)

@@ -1,5 +1,5 @@
-"""egs/mini end to end (tiny model, few steps): every stage runs and RESULTS.md has both rows, on paired data
-and with --simulate true (training data simulated on the fly)."""
+"""egs/mini end to end (tiny model, few steps): every stage runs and RESULTS.md has both rows, on paired data;
+the causal conf (stages 3-5) beside it; and with --simulate true (training data simulated on the fly)."""
 
 import os
 import shutil
@@ -25,6 +25,21 @@ def test_mini_recipe_all_stages(tmp_path):
     results = (recipe / "exp/FRCRN_SE_16K/RESULTS.md").read_text()
     assert "| noisy (input) | 8 |" in results and "| enhanced | 8 |" in results
     assert len(list((recipe / "exp/FRCRN_SE_16K/enhanced/test").glob("*.wav"))) == 8
+    # the causal conf on the same data: trains, enhances hop by hop (se.stream), scores, and its
+    # RESULTS.md shows the offline FRCRN beside it on the same test set
+    cmd = ["bash", str(recipe / "run.sh"), "--stage", "3", "--nj", "2", "--metrics", "si_sdr",
+           "--conf", "conf/train_FRCRN_SE_16K_causal.yaml", "--compare", "FRCRN_SE_16K",
+           "--train-args", "--max_steps 3 --batch_size 4 --num_workers 0 --valid_utterances_to_log 0 "
+           "--network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3, causal: true}'"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    causal = recipe / "exp/FRCRN_SE_16K_causal"
+    assert "causal': True" in (causal / "config.yaml").read_text() or "causal: true" in (causal / "config.yaml").read_text()
+    assert "streaming (causal) decode path" in (causal / "enhanced/test/log/enhance.1.log").read_text()
+    results = (causal / "RESULTS.md").read_text()
+    assert "| noisy (input) | 8 |" in results and "| enhanced | 8 |" in results
+    assert "| enhanced: FRCRN_SE_16K | 8 |" in results
+    assert results.count(" n/a ") == 0  # si_sdr is in both experiments' scores
     # --simulate true on the same corpus: source dirs, pyroomacoustics RIRs, fixed sets from
     # se.bin.simulate, training on the fly (tiny FRCRN, 3 updates), enhancement and scoring
     cmd = ["bash", str(recipe / "run.sh"), "--simulate", "true", "--stage", "1", "--num-rirs", "4", "--nj", "2",

@@ -6,16 +6,20 @@
 #         ./run.sh --network MossFormer2_SE_48K      # the 48 kHz path
 #         ./run.sh --stage 3 --stop-stage 3 --ngpu 1 # only training, on a GPU
 #         ./run.sh --simulate true                   # train on degradations simulated on the fly
+#         ./run.sh --stage 3 --conf conf/train_FRCRN_SE_16K_causal.yaml --compare FRCRN_SE_16K
+#                                                    # causal FRCRN (streamed), beside the offline one
 set -euo pipefail
 
 stage=0                # first stage to run
 stop_stage=5           # last stage to run
-network=FRCRN_SE_16K   # FRCRN_SE_16K, MossFormerGAN_SE_16K or MossFormer2_SE_48K
+network=FRCRN_SE_16K   # FRCRN_SE_16K, MossFormerGAN_SE_16K or MossFormer2_SE_48K (with --conf: its network)
 fs=                    # corpus sample rate; empty = the network's rate (16000 or 48000)
 ngpu=0                 # GPUs per node for training (0 = CPU)
 num_nodes=1            # nodes for training (more than 1 needs cmd_backend=slurm)
 nj=2                   # parallel jobs for enhancement and scoring
-tag=                   # experiment name; default <network>
+conf=                  # training config; default conf/train_<network>.yaml
+tag=                   # experiment name; default the config's name without train_ (e.g. FRCRN_SE_16K)
+compare=               # experiments (tags) scored on the same test set, shown beside this one in RESULTS.md
 train_args=            # extra training options (shell quoting), e.g. "--max_epoch 2 --batch_size 4"
 metrics=all            # metrics of the scoring stage (se.bin.score --metrics), e.g. "pesq_wb,stoi,si_sdr"
 simulate=false         # true: train on noise, RIRs and channel effects simulated on the fly (conf/train_sim_<network>.yaml)
@@ -29,22 +33,26 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$SE_ROOT/steps/parse_options.sh"
 cd "$here"
 
+if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)
+  [ -f "$conf" ] || { log "no $conf"; exit 1; }
+  network=$(python -c 'import sys; from se.config import load; print(load(sys.argv[1])["network"])' "$conf")
+fi
 if [ -z "$fs" ]; then
   fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
 fi
 case $simulate in true|false) ;; *) log "--simulate takes true or false, not '$simulate'"; exit 1 ;; esac
 if $simulate; then
-  [ -n "$tag" ] || tag=${network}_sim
-  conf=conf/train_sim_${network}.yaml
+  [ -n "$conf" ] || conf=conf/train_sim_${network}.yaml
   valid_set=valid_sim  # fixed sets made by se.bin.simulate (stage 1)
   test_set=test_sim
 else
-  [ -n "$tag" ] || tag=$network
-  conf=conf/train_${network}.yaml
+  [ -n "$conf" ] || conf=conf/train_${network}.yaml
   valid_set=valid
   test_set=test
 fi
-[ -f "$conf" ] || { log "no $conf: networks with a mini config are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | grep -v '^sim_' | xargs)"; exit 1; }
+[ -f "$conf" ] || { log "no $conf: mini configs are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | xargs)"; exit 1; }
+# the experiment is named after the config: train_X.yaml -> X, train_sim_X.yaml -> X_sim
+[ -n "$tag" ] || tag=$(basename "$conf" .yaml | sed 's/^train_//; s/^sim_\(.*\)$/\1_sim/')
 corpus=downloads/mini_${fs}
 data=data/${fs}
 exp=exp/${tag}
@@ -115,7 +123,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  log "Stage 4: enhance $data/$test_set with the best checkpoint of $exp"
+  log "Stage 4: enhance $data/$test_set with the best checkpoint of $exp (causal models: streamed hop by hop)"
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
   "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/$test_set" "$exp/enhanced/$test_set"
 fi
@@ -126,7 +134,11 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   [ -f "$exp/enhanced/$t/wav.scp" ] || { log "no enhanced audio in $exp/enhanced/$t; run stage 4 first"; exit 1; }
   "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/$t/spk1.scp" "$data/$t/wav.scp" "$exp/scores/$t/noisy"
   "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/$t/spk1.scp" "$exp/enhanced/$t/wav.scp" "$exp/scores/$t/enhanced"
-  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores"
+  compare_opts=()
+  for other in $compare; do
+    compare_opts+=(--compare "$other=exp/$other/scores")
+  done
+  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" "${compare_opts[@]}"
   cat "$exp/RESULTS.md"
 fi
 

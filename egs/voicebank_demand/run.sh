@@ -6,6 +6,8 @@
 #         ./run.sh --network MossFormer2_SE_48K --ngpu 1             # trained on the 48 kHz data
 #         ./run.sh --init /path/to/FRCRN_SE_16K_release.pt --tag FRCRN_SE_16K_ft  # fine-tune
 #         ./run.sh --train_list tr.scp --valid_list cv.scp           # ClearVoice lists, no corpus prep
+#         ./run.sh --conf conf/train_FRCRN_SE_16K_causal.yaml --init /path/to/FRCRN_SE_16K_release.pt
+#                  # real-time (causal) FRCRN fine-tuned from the release; tag FRCRN_SE_16K_causal
 # Stages: 0 download (or verify --vbd_root), 1 data dirs, 2 validate them, 3 train, 4 enhance the
 # test set, 5 score it. A finished stage leaves a .done marker holding its inputs and is skipped
 # when run again with the same inputs; an interrupted training resumes from its last checkpoint.
@@ -37,7 +39,8 @@ nj=4                    # parallel jobs for resampling, enhancement and scoring
 ngpu=0                  # GPUs per node for training (0 = CPU)
 num_nodes=1             # nodes for training (more than 1 needs cmd_backend=slurm)
 init=                   # fine-tune from this checkpoint (a ClearVoice release file or one of ours)
-tag=                    # experiment name; default <network>
+conf=                   # training config; default conf/train_<network>.yaml
+tag=                    # experiment name; default the config's name without train_ (e.g. FRCRN_SE_16K)
 train_args=             # more se.bin.train options (shell quoting), e.g. "--max_epoch 20 --batch_size 8"
 metrics=all             # scoring metrics (se.bin.score --metrics), e.g. "pesq_wb stoi si_sdr"
 
@@ -48,14 +51,18 @@ e.g.: $0 --vbd_root /corpora/VoiceBank-DEMAND --network FRCRN_SE_16K --ngpu 1"
 . "$SE_ROOT/steps/parse_options.sh"
 cd "$(dirname "$0")"
 
-conf=conf/train_${network}.yaml
+if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)
+  [ -f "$conf" ] || { log "no $conf"; exit 1; }
+  network=$(python -c 'import sys; from se.config import load; print(load(sys.argv[1])["network"])' "$conf")
+fi
+[ -n "$conf" ] || conf=conf/train_${network}.yaml
 if [ ! -f "$conf" ]; then
   log "no $conf: networks with a config are $(cd conf && printf '%s ' train_*.yaml | sed 's/train_\([^ ]*\)\.yaml/\1/g')"
   exit 1
 fi
 fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
 data=$datadir/$((fs / 1000))k   # the network's rate: 16k or 48k
-[ -n "$tag" ] || tag=$network
+[ -n "$tag" ] || tag=$(basename "$conf" .yaml | sed 's/^train_//')
 exp=$expdir/$tag
 corpus=${vbd_root:-$download_dir}
 

@@ -120,7 +120,8 @@ def _main(argv: list[str]) -> int:
         model.inference_dither = args.fbank_dither
     rate = get_entry(info["network"]).sampling_rate
     log.info("%s from %s (%s format), %s decode path, %d file(s)", info["network"], info["file"],
-             info["format"], "ClearVoice" if args.clearvoice_compat else "default", len(items))
+             info["format"], "ClearVoice" if args.clearvoice_compat else
+             "streaming (causal)" if getattr(model, "causal", False) else "default", len(items))
     # Outputs go to a hidden folder beside them and are moved into place when all succeeded:
     # a failure (a bad file, a non-finite output) leaves the output dir exactly as it was.
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Write EXP/RESULTS.md (ESPnet style) from the score dirs of an experiment.
 
-    python -m se.bin.make_results --exp-dir EXP --scores-root EXP/scores [--cmd "..."]
+    python -m se.bin.make_results --exp-dir EXP --scores-root EXP/scores [--cmd "..."] \
+        [--compare LABEL=OTHER_EXP/scores ...]
 
 Expects ``SCORES_ROOT/<test_set>/noisy/`` (the unprocessed input scored against the clean
 references: the baseline row) and ``SCORES_ROOT/<test_set>/enhanced/``, each written by
@@ -10,6 +11,9 @@ file plus every ``--cmd``), and per test set: a table with the noisy, enhanced a
 rows, the rates the metrics were computed at, a scatter plot of per-utterance PESQ WB and
 SI-SDR (enhanced vs noisy), and spectrograms (noisy / enhanced / clean) of the utterances with
 the best, median and worst SI-SDR improvement. Images go to EXP/images/.
+``--compare LABEL=SCORES_ROOT`` adds the enhanced row of another experiment scored on the same
+test sets (same utterances, checked) to each table, e.g. a causal model beside its offline
+counterpart.
 """
 
 from __future__ import annotations
@@ -69,16 +73,40 @@ def _fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
-def results_table(data: dict) -> list[str]:
-    """Markdown table: noisy (baseline), enhanced, difference."""
+def load_compare(spec: str, test_set: str, data: dict) -> tuple[str, dict]:
+    """``LABEL=SCORES_ROOT`` -> (label, enhanced summary of that experiment on ``test_set``),
+    checked to cover the same utterances as this experiment."""
+    from se.results import read_scores_tsv, read_summary
+
+    label, sep, root = spec.partition("=")
+    if not sep or not label or not root:
+        raise ResultsError(f"--compare {spec!r}: expected LABEL=SCORES_ROOT, e.g. offline=exp/FRCRN_SE_16K/scores")
+    d = Path(root) / test_set / SYSTEM
+    for name in ("summary.json", "scores.tsv"):
+        if not (d / name).is_file():
+            raise ResultsError(f"{d / name}: not found (--compare {spec}: score that experiment on {test_set} first)")
+    try:
+        _, rows = read_scores_tsv(d / "scores.tsv")
+    except ValueError as exc:
+        raise ResultsError(str(exc)) from exc
+    if set(rows) != set(data[SYSTEM]["rows"]):
+        raise ResultsError(f"{d / 'scores.tsv'}: not the same utterances as {data[SYSTEM]['dir'] / 'scores.tsv'} "
+                           f"({len(rows)} vs {len(data[SYSTEM]['rows'])}); compare experiments on one test set")
+    return label, read_summary(d / "summary.json")
+
+
+def results_table(data: dict, compare: list[tuple[str, dict]] = ()) -> list[str]:
+    """Markdown table: noisy (baseline), enhanced, [compared systems], difference (enhanced - noisy)."""
     base, sys_ = data[BASELINE]["summary"], data[SYSTEM]["summary"]
     cols = [c for c in sys_["metrics"] if c in base["metrics"]]
     lines = [
         "| | utts | " + " | ".join(cols) + " |",
         "| --- | ---: | " + " | ".join("---:" for _ in cols) + " |",
     ]
-    for label, s in (("noisy (input)", base), ("enhanced", sys_)):
-        lines.append(f"| {label} | {s['n_utts']} | " + " | ".join(_fmt(s["metrics"][c]["mean"]) for c in cols) + " |")
+    rows = [("noisy (input)", base), ("enhanced", sys_)] + [(f"enhanced: {label}", s) for label, s in compare]
+    for label, s in rows:
+        values = [_fmt(s["metrics"][c]["mean"]) if c in s["metrics"] else "n/a" for c in cols]
+        lines.append(f"| {label} | {s['n_utts']} | " + " | ".join(values) + " |")
     diff = []
     for c in cols:
         a, b = base["metrics"][c]["mean"], sys_["metrics"][c]["mean"]
@@ -193,7 +221,7 @@ def read_cmds(scores_root: Path, test_sets: list[str]) -> list[str]:
     return [f.read_text(encoding="utf-8").strip() for f in files if f.is_file()]
 
 
-def make_results(exp_dir: Path, scores_root: Path, cmds: list[str]) -> str:
+def make_results(exp_dir: Path, scores_root: Path, cmds: list[str], compare: list[str] = ()) -> str:
     """Build RESULTS.md text and write the images; returns the text."""
     import matplotlib
 
@@ -225,7 +253,7 @@ def make_results(exp_dir: Path, scores_root: Path, cmds: list[str]) -> str:
     ]
     for ts, data in sets.items():
         lines += ["", f"## {ts}", ""]
-        lines += results_table(data)
+        lines += results_table(data, [load_compare(spec, ts, data) for spec in compare])
         rates = data[SYSTEM]["summary"].get("rates")
         if rates:
             lines += ["", f"Rates: {rates_sentence(rates)}."]
@@ -260,6 +288,8 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--exp-dir", required=True, help="experiment dir; RESULTS.md and images/ are written here")
     p.add_argument("--scores-root", default=None, help="dir of <test_set>/{noisy,enhanced}/ (default: EXP/scores)")
     p.add_argument("--cmd", action="append", default=[], help="a command to list in RESULTS.md (repeatable)")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=SCORES_ROOT",
+                   help="add another experiment's enhanced row (same test sets) to the tables (repeatable)")
     args = p.parse_args(argv)
     from se.results import atomic_write_text
 
@@ -268,7 +298,7 @@ def _main(argv: list[str]) -> int:
     if not scores_root.is_dir():
         raise ResultsError(f"{scores_root}: no such directory (run steps/score.sh first)")
     check_output_dir(exp_dir, "--exp-dir")
-    text = make_results(exp_dir, scores_root, args.cmd)
+    text = make_results(exp_dir, scores_root, args.cmd, args.compare)
     atomic_write_text(exp_dir / "RESULTS.md", text)
     print(f"wrote {exp_dir / 'RESULTS.md'}")
     return 0

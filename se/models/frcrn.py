@@ -303,7 +303,17 @@ def _reuse(owner: nn.Module, tag: str, sources, build):
 
 
 class _ConvBlock(nn.Module):
-    """complex (transposed) conv -> complex BN -> LeakyReLU(0.01); BN folded in eval mode."""
+    """complex (transposed) conv -> complex BN -> LeakyReLU(0.01); BN folded in eval mode.
+
+    Time kernel 2.  Non-causal (released): the encoder pads one frame on each side (T -> T + 1
+    frames, frame j sees input frames j - 1, j) and the decoder crops one on each side
+    (T -> T - 1, frame o sees o, o + 1: one frame of look-ahead per decoder).  Causal: both keep
+    T frames and frame j sees frames j - 1, j only: the encoder drops its last frame (the one
+    only the right padding completes), the decoder runs unpadded (T + 1 frames) and drops its
+    last frame.  The weights are the same in both cases.
+    """
+
+    causal = False
 
     def _layer(self):
         raise NotImplementedError
@@ -323,14 +333,17 @@ class _ConvBlock(nn.Module):
         weight, bias = _reuse(self, "weights", list(self.parameters()) + list(self.buffers()),
                               self._weights)
         y = self._layer().conv(x.permute(0, 3, 1, 2), weight, bias)  # (B, 2Cout, F', T') NHWC
+        if self.causal:
+            y = y[..., :-1]  # (B, 2Cout, F', T): frame alignment kept, no look-ahead
         if self.bn.uses_batch_stats():
             y = self.bn(y)
         return _channels_last(F.leaky_relu(y, _LEAKY_SLOPE, inplace=True))  # (B, F', T', 2Cout)
 
 
 class Encoder(_ConvBlock):
-    def __init__(self, cin: int, cout: int, kernel):
+    def __init__(self, cin: int, cout: int, kernel, causal: bool = False):
         super().__init__()
+        self.causal = causal
         self.conv = ComplexConv2d(cin, cout, kernel, _STRIDE, _PADDING)
         self.bn = ComplexBatchNorm2d(cout)
 
@@ -339,9 +352,10 @@ class Encoder(_ConvBlock):
 
 
 class Decoder(_ConvBlock):
-    def __init__(self, cin: int, cout: int, kernel):
+    def __init__(self, cin: int, cout: int, kernel, causal: bool = False):
         super().__init__()
-        self.transconv = ComplexConvTranspose2d(cin, cout, kernel, _STRIDE, _PADDING)
+        self.causal = causal
+        self.transconv = ComplexConvTranspose2d(cin, cout, kernel, _STRIDE, (0, 0) if causal else _PADDING)
         self.bn = ComplexBatchNorm2d(cout)
 
     def _layer(self):
@@ -627,25 +641,65 @@ class ComplexFsmn(nn.Module):
 
 
 class ComplexSELayer(nn.Module):
-    """Complex squeeze-excitation: gates s_r, s_i scale the real / imag planes."""
+    """Complex squeeze-excitation: gates s_r, s_i scale the real / imag planes.
 
-    def __init__(self, channels: int, reduction: int):
+    Released: one gate per utterance from the average over all frequencies and frames.
+    ``time_decay`` set (causal): the average over frames becomes a causal running mean (see
+    ``causal_time_mean``), so frame t is gated from frames 0..t only.
+    """
+
+    def __init__(self, channels: int, reduction: int, time_decay: float | None = None):
         super().__init__()
+        self.time_decay = time_decay
         hidden = channels // reduction
         self.fc_r = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, channels), nn.Sigmoid())
         self.fc_i = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, channels), nn.Sigmoid())
 
+    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Complex gate from pooled features: (..., 2C) [a_r, a_i] -> (..., 2C) [s_r, s_i]."""
+        pooled = pooled.unflatten(-1, (2, -1))  # (..., 2, C): a_r, a_i
+        g_r = self.fc_r(pooled)  # (..., 2, C): fc_r(a_r), fc_r(a_i)
+        g_i = self.fc_i(pooled)  # (..., 2, C): fc_i(a_r), fc_i(a_i)
+        gate_r = g_r[..., 0, :] - g_i[..., 1, :]  # (..., C)
+        gate_i = g_r[..., 1, :] + g_i[..., 0, :]  # (..., C)
+        return torch.cat([gate_r, gate_i], -1)  # (..., 2C)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2C)
-        batch, channels2 = x.shape[0], x.shape[3]
-        pooled = x.mean(dim=(1, 2)).view(2 * batch, channels2 // 2)  # (2B, C): [a_r(b), a_i(b)]
-        g_r = self.fc_r(pooled).view(batch, 2, -1)  # (B, 2, C): fc_r(a_r), fc_r(a_i)
-        g_i = self.fc_i(pooled).view(batch, 2, -1)  # (B, 2, C): fc_i(a_r), fc_i(a_i)
-        gate_r = g_r[:, 0] - g_i[:, 1]  # (B, C)
-        gate_i = g_r[:, 1] + g_i[:, 0]  # (B, C)
-        gate = torch.cat([gate_r, gate_i], 1)  # (B, 2C)
-        return x * gate[:, None, None, :]  # (B, F, T, 2C)
+        if self.time_decay is None:
+            gate = self.gate(x.mean(dim=(1, 2)))  # (B, 2C): one gate per utterance
+            return x * gate[:, None, None, :]  # (B, F, T, 2C)
+        pooled = causal_time_mean(x.mean(dim=1), self.time_decay)  # (B, T, 2C)
+        return x * self.gate(pooled)[:, None]  # (B, F, T, 2C): one gate per frame
+
+
+@float32  # under autocast the running sums (up to thousands of frames) stay in float32
+def causal_time_mean(x: torch.Tensor, decay: float) -> torch.Tensor:
+    """Causal running mean along dim 1 of (B, T, D): out[t] = sum_s a^(t-s) x[s] / sum_s a^(t-s)
+    over s <= t, a = ``decay``.  a = 1 is the cumulative mean; a < 1 an exponential mean whose
+    weights start normalised at t = 0.  A step of the recursion num = a num + x, den = a den + 1
+    (se.stream) gives the same values.
+    """
+    frames = x.shape[1]
+    count = torch.arange(1, frames + 1, dtype=x.dtype, device=x.device)  # (T,)
+    if decay == 1.0:
+        return x.cumsum(1) / count[:, None]  # (B, T, D)
+    block = 64  # blocks of Q frames: num = lower-triangular (Q, Q) decay matrix @ x + carry
+    lags = torch.arange(block, device=x.device)
+    lags = (lags[:, None] - lags[None, :]).to(x.dtype)  # (Q, Q)
+    weights = torch.where(lags >= 0, decay ** lags.clamp(min=0), torch.zeros_like(lags))
+    carry = decay ** torch.arange(1, block + 1, dtype=x.dtype, device=x.device)  # (Q,)
+    state = x.new_zeros(x.shape[0], 1, x.shape[2])  # (B, 1, D): num of the previous frame
+    parts = []
+    for start in range(0, frames, block):
+        seg = x[:, start : start + block]  # (B, q, D)
+        q = seg.shape[1]
+        num = torch.matmul(weights[:q, :q], seg) + carry[:q, None] * state  # (B, q, D)
+        state = num[:, -1:]
+        parts.append(num)
+    den = (1 - decay**count) / (1 - decay)  # (T,)
+    return torch.cat(parts, 1) / den[:, None]  # (B, T, D)
 
 
 def _complex_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -661,22 +715,25 @@ class ComplexUNet(nn.Module):
     (B, F, T, 2) 1-channel complex map -> same shape.
     """
 
-    def __init__(self, channels: int, fsmn_hidden: int, se_reduction: int, lorder: int):
+    def __init__(self, channels: int, fsmn_hidden: int, se_reduction: int, lorder: int,
+                 causal: bool = False, se_time_decay: float = 1.0):
         super().__init__()
+        decay = se_time_decay if causal else None
         self.fsmn = ComplexFsmn(channels, fsmn_hidden, lorder)
         for i, kernel in enumerate(_ENCODER_KERNELS):
             self.add_module(f"fsmn_enc{i}", ComplexFsmnL1(channels, fsmn_hidden, lorder))
-            self.add_module(f"encoder{i}", Encoder(1 if i == 0 else channels, channels, kernel))
-            self.add_module(f"se_layer_enc{i}", ComplexSELayer(channels, se_reduction))
+            self.add_module(f"encoder{i}", Encoder(1 if i == 0 else channels, channels, kernel, causal))
+            self.add_module(f"se_layer_enc{i}", ComplexSELayer(channels, se_reduction, decay))
         for i, kernel in enumerate(_DECODER_KERNELS):
             self.add_module(f"fsmn_dec{i}", ComplexFsmnL1(channels, fsmn_hidden, lorder))
             cin = channels if i == 0 else 2 * channels
-            self.add_module(f"decoder{i}", Decoder(cin, 1 if i == _DEPTH - 1 else channels, kernel))
+            self.add_module(f"decoder{i}", Decoder(cin, 1 if i == _DEPTH - 1 else channels, kernel, causal))
             if i < _DEPTH - 1:
-                self.add_module(f"se_layer_dec{i}", ComplexSELayer(channels, se_reduction))
+                self.add_module(f"se_layer_dec{i}", ComplexSELayer(channels, se_reduction, decay))
         self.linear = ComplexConv2d(1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2)
+        # frame counts below are the released (non-causal) ones; causal layers all keep T
         skips = []
         h = x
         for i in range(_DEPTH):
@@ -736,6 +793,18 @@ class FRCRN(nn.Module):
             (hidden = channels // se_reduction; released: 8).
         lorder: FSMN memory order in steps: bins for the frequency FSMNs, frames for the
             bottleneck time FSMN (released: 20).
+        causal: False = the released network.  True = every time-axis operation is causal
+            (output frame t depends on input frames <= t, i.e. on samples before
+            t * win_inc + win_len): conv padding on the past side only with the decoders
+            trimmed to keep frame alignment (``_ConvBlock``), the SE layers' utterance
+            average replaced by a causal running mean (``ComplexSELayer``).  Already causal
+            in the released network: the STFT (uncentred frames, complete at their last
+            sample), the time FSMN (left context only), the frequency FSMNs (no time axis).
+            Same parameters and shapes: a release checkpoint initialises it.  Batch norms
+            use batch statistics in training, so causality holds in eval mode.
+            :class:`se.stream.StreamingEnhancer` runs it hop by hop.
+        se_time_constant: causal SE running mean: 0 = cumulative mean over all past frames,
+            > 0 = exponential mean with this time constant in seconds.
 
     forward(x (B, L)) -> [est_spec (B, 2F, T), est_wav (B, L'), est_mask (B, 2F, T)] exactly
     as the reference; :meth:`loss`, :meth:`enhance` (aligned) and :meth:`clearvoice_decode`
@@ -757,20 +826,29 @@ class FRCRN(nn.Module):
         fsmn_hidden: int | None = None,
         se_reduction: int = 8,
         lorder: int = 20,
+        causal: bool = False,
+        se_time_constant: float = 0.0,
     ):
         super().__init__()
+        if se_time_constant < 0 or (se_time_constant and not causal):
+            raise ValueError(f"se_time_constant must be >= 0 and needs causal: true, got {se_time_constant} "
+                             f"(causal: {causal})")
         if not 0 < win_inc <= win_len <= fft_len:
             raise ValueError(f"need 0 < win_inc <= win_len <= fft_len, got {win_inc}, {win_len}, {fft_len}")
         if channels < se_reduction:
             raise ValueError(f"channels ({channels}) must be >= se_reduction ({se_reduction})")
         _frequency_sizes(fft_len // 2 + 1)
         self.win_len, self.win_inc, self.fft_len = win_len, win_inc, fft_len
+        self.causal = bool(causal)
+        # per-frame decay of the causal SE mean (1 = cumulative)
+        self.se_time_decay = (math.exp(-win_inc / (self.sampling_rate * se_time_constant))
+                              if se_time_constant else 1.0)
         forward, inverse, window = stft_kernels(win_len, fft_len, win_type)
         self.stft = ConvSTFT(forward, win_inc)
         self.istft = ConviSTFT(inverse, window, win_inc)
         hidden = channels if fsmn_hidden is None else fsmn_hidden
-        self.unet = ComplexUNet(channels, hidden, se_reduction, lorder)
-        self.unet2 = ComplexUNet(channels, hidden, se_reduction, lorder)
+        self.unet = ComplexUNet(channels, hidden, se_reduction, lorder, self.causal, self.se_time_decay)
+        self.unet2 = ComplexUNet(channels, hidden, se_reduction, lorder, self.causal, self.se_time_decay)
 
     def train(self, mode: bool = True):
         self._drop_reused()
@@ -787,7 +865,7 @@ class FRCRN(nn.Module):
 
     # -- construction from configs --------------------------------------------------------
     _CONFIG_KEYS = ("win_len", "win_inc", "fft_len", "win_type")
-    _NETWORK_KWARGS = ("channels", "fsmn_hidden", "se_reduction", "lorder")
+    _NETWORK_KWARGS = ("channels", "fsmn_hidden", "se_reduction", "lorder", "causal", "se_time_constant")
 
     @classmethod
     def config_kwargs(cls, conf: dict) -> dict:
@@ -802,7 +880,11 @@ class FRCRN(nn.Module):
                 f"unknown FRCRN network_kwargs {unknown}; allowed: {list(cls._NETWORK_KWARGS)}"
             )
         kwargs.update(extra)
-        return {**defaults, **kwargs}
+        out = {**defaults, **kwargs}
+        for key in ("causal", "se_time_constant"):  # listed only when set: the kwargs of released-
+            if not out[key]:                           # architecture checkpoints stay as they were
+                del out[key]
+        return out
 
     @classmethod
     def from_config(cls, conf: dict) -> "FRCRN":

@@ -1,0 +1,331 @@
+"""Real-time enhancement: a causal FRCRN run one STFT hop at a time with cached layer state.
+
+    enhancer = StreamingEnhancer(model)        # FRCRN(causal=True), eval mode
+    for chunk in chunks:                       # any sizes, float samples at 16 kHz
+        out = enhancer.process(chunk)          # the samples that became final
+    out = enhancer.flush()                     # the rest: total output = total input length
+
+The concatenated outputs equal ``model.enhance`` of the whole signal (the offline causal
+output, the same zero padding) within float32 rounding, sample for sample: output sample n
+is returned as soon as input sample n + win_len - 1 has arrived, so the algorithmic latency
+is one window (``latency`` samples, 40 ms for the released STFT).
+
+Per hop (shape legend as in se/models/frcrn.py: F bins, C channels, maps (1, F, 1, 2C)):
+the newest frame of the input buffer goes through the STFT kernel, both U-Nets one frame at a
+time and the iSTFT kernel, and is overlap-added.  Cached state per layer: the previous input
+frame of every encoder and decoder (time kernel 2), the last lorder - 1 projections of both
+time-FSMN layers, the running sums of every SE layer, the overlap-add buffer.  Frequency
+FSMNs and the 1x1 output convolution have no time context.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from se.models.frcrn import _DEPTH, _LEAKY_SLOPE, _STRIDE, FRCRN, _apply_mask, _channels_last, \
+    _complex_cat, _fsmn_weights
+
+
+class StreamingEnhancer:
+    """Hop-by-hop enhancement with a causal FRCRN (see the module docstring).
+
+    ``hop_seconds`` collects the compute time of every hop (for timing statistics).
+    """
+
+    def __init__(self, model: FRCRN):
+        if not getattr(model, "causal", False):
+            raise ValueError("streaming needs a causal FRCRN (network_kwargs causal: true); "
+                             "the released network looks ahead in time and averages whole utterances")
+        if model.training:
+            raise ValueError("streaming needs the model in eval mode (batch norms with running statistics)")
+        self.model = model
+        self.hop = model.win_inc
+        self.win = model.win_len
+        self.edge = self.win - self.hop  # zeros before the signal, as FRCRN.enhance pads
+        param = model.stft.weight
+        self.device, self.dtype = param.device, param.dtype
+        self.np_dtype = np.float64 if self.dtype == torch.float64 else np.float32
+        self.hop_seconds: list[float] = []
+        self._unets = [_UNetState(model.unet, model.se_time_decay), _UNetState(model.unet2, model.se_time_decay)]
+        self.reset()
+
+    @property
+    def latency(self) -> int:
+        """Algorithmic latency in samples: one STFT window (output sample n needs input up to
+        n + latency - 1)."""
+        return self.win
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000.0 * self.latency / self.model.sampling_rate
+
+    def reset(self) -> None:
+        """Forget the signal: a new stream starts (all layer states zero).  The model's weights
+        are read here (BN folded), so call it after changing them."""
+        self._inbuf = np.zeros(self.edge, dtype=self.np_dtype)  # samples not yet consumed by a frame
+        self._ola = torch.zeros(self.win, dtype=self.dtype, device=self.device)  # overlap-add
+        self._norm = torch.zeros(self.win, dtype=self.dtype, device=self.device)  # sum of window^2
+        self._skip = self.edge  # leading output samples that belong to the padding
+        self._received = 0
+        self._emitted = 0
+        for unet in self._unets:
+            unet.reset()
+
+    @torch.inference_mode()
+    def process(self, chunk) -> np.ndarray:
+        """Feed samples (any length, 1-D); returns the output samples that became final."""
+        chunk = np.asarray(chunk, dtype=self.np_dtype).reshape(-1)
+        self._received += chunk.size
+        self._inbuf = np.concatenate([self._inbuf, chunk])
+        outputs = []
+        while self._inbuf.size >= self.win:
+            outputs.append(self._hop(self._inbuf[: self.win]))
+            self._inbuf = self._inbuf[self.hop :]
+        return self._emit(outputs)
+
+    @torch.inference_mode()
+    def flush(self) -> np.ndarray:
+        """End of the signal: zero-pads until every input sample has its output (the same
+        padding as FRCRN.enhance), returns those outputs and resets for a new stream."""
+        outputs, produced, skip = [], 0, self._skip
+        while self._emitted + produced < self._received:
+            need = self.win - self._inbuf.size
+            if need > 0:
+                self._inbuf = np.concatenate([self._inbuf, np.zeros(need, self.np_dtype)])
+            out = self._hop(self._inbuf[: self.win])
+            self._inbuf = self._inbuf[self.hop :]
+            outputs.append(out)
+            drop = min(skip, out.size)
+            skip -= drop
+            produced += out.size - drop
+        before = self._emitted
+        out = self._emit(outputs)[: self._received - before]
+        self.reset()
+        return out
+
+    # -- internals ----------------------------------------------------------------------------
+    def _emit(self, outputs: list[np.ndarray]) -> np.ndarray:
+        out = np.concatenate(outputs) if outputs else np.zeros(0, self.np_dtype)
+        if self._skip:
+            drop = min(self._skip, out.size)
+            out, self._skip = out[drop:], self._skip - drop
+        self._emitted += out.size
+        return out
+
+    def _hop(self, frame: np.ndarray) -> np.ndarray:
+        """One STFT frame (win_len samples) -> the next hop of output samples."""
+        start = time.perf_counter()
+        model = self.model
+        x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, self.dtype)
+        spec = torch.mv(model.stft.weight.view(-1, self.win), x)  # (2F,): the STFT conv, one frame
+        noisy = spec.view(1, 2, -1, 1)  # (1, 2, F, 1)
+        u1 = self._unets[0].step(_channels_last(noisy))  # (1, F, 1, 2)
+        u2 = self._unets[1].step(u1)
+        est_spec, _ = _apply_mask(noisy, u1, u2)  # (1, 2F, 1)
+        frame_out = torch.mv(model.istft.weight.view(-1, self.win).t(), est_spec.view(-1))  # (win,)
+        self._ola += frame_out
+        self._norm += model.istft.window.view(-1) ** 2
+        out = (self._ola[: self.hop] / (self._norm[: self.hop] + 1e-8)).cpu().numpy()
+        self._ola = torch.cat([self._ola[self.hop :], self._ola.new_zeros(self.hop)])
+        self._norm = torch.cat([self._norm[self.hop :], self._norm.new_zeros(self.hop)])
+        self.hop_seconds.append(time.perf_counter() - start)
+        return out
+
+
+# frequency-FSMN memories of at most this many products (F x K x 4C) run as one product over
+# an unfolded view; larger ones as one multiply-add per tap (no large temporary)
+_SMALL_MAP = 1 << 18
+
+
+class _UNetState:
+    """One ComplexUNet run one frame at a time (eval mode), with its per-layer state.
+
+    The layers' derived weights (BN folded into the convolutions, stacked FSMN weights) are
+    computed once per ``reset()``, so per hop only the arithmetic runs.
+    """
+
+    def __init__(self, unet, se_time_decay: float):
+        self.unet = unet
+        self.decay = se_time_decay
+
+    def reset(self) -> None:
+        u = self.unet
+        with torch.no_grad():
+            self.enc_w = [_encoder_weights(*getattr(u, f"encoder{i}")._weights()) for i in range(_DEPTH)]
+            self.dec_w = [_decoder_weights(*getattr(u, f"decoder{i}")._weights()) for i in range(_DEPTH)]
+            self.freq_w = {name: _freq_fsmn_weights(getattr(u, name)) for name in
+                           [f"fsmn_enc{i}" for i in range(1, _DEPTH)] + [f"fsmn_dec{i}" for i in range(_DEPTH - 1)]}
+            self.se_w = {name: _se_weights(getattr(u, name)) for name in
+                         [f"se_layer_enc{i}" for i in range(_DEPTH - 1)] + [f"se_layer_dec{i}" for i in range(_DEPTH - 2)]}
+            self.time_w = [_detached(_fsmn_weights(getattr(u.fsmn, f"fsmn_re_{layer}"),
+                                                   getattr(u.fsmn, f"fsmn_im_{layer}"))) for layer in ("L1", "L2")]
+        self.enc_prev = [None] * _DEPTH  # previous input frame of each encoder (1, 2Cin, F, 1)
+        self.dec_prev = [None] * _DEPTH
+        self.fsmn_hist = [None, None]  # per time-FSMN layer: (2C, K - 1, plane) past projections
+        self.se_num = {}  # SE layer name -> (1, 2C) decayed sum of frame means
+        self.se_den = {}  # SE layer name -> decayed frame count
+
+    # layers ------------------------------------------------------------------------------------
+    def _encoder(self, i: int, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2Cin) -> (1, F', 1, 2Cout)
+        """frame t = W[.., 0] * in[t - 1] + W[.., 1] * in[t] (Encoder: past-side padding), as
+        one matrix product of the frequency windows (stride 2) with the folded weight."""
+        weight, bias, kernel = self.enc_w[i]  # (2 * 2Cin * kF, 2Cout) rows (time tap, cin, kf)
+        cur = h.view(h.shape[1], -1)  # (F, 2Cin)
+        prev = self.enc_prev[i] if self.enc_prev[i] is not None else torch.zeros_like(cur)
+        self.enc_prev[i] = cur
+        windows = torch.stack([prev, cur], 1).unfold(0, kernel, _STRIDE[0])  # (F', 2, 2Cin, kF)
+        y = torch.addmm(bias, windows.reshape(windows.shape[0], -1), weight)  # (F', 2Cout)
+        return F.leaky_relu(y, _LEAKY_SLOPE).view(1, y.shape[0], 1, -1)
+
+    def _decoder(self, i: int, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2Cin) -> (1, F', 1, 2Cout)
+        """frame t = W[.., 0] * in[t] + W[.., 1] * in[t - 1] (Decoder: unpadded, last frame
+        trimmed): one matrix product per frame, then the stride-2 overlap-add along F."""
+        weight, bias, kernel = self.dec_w[i]  # (2 * 2Cin, kF * 2Cout) rows [cur taps; prev taps]
+        cur = h.view(h.shape[1], -1)  # (F, 2Cin)
+        prev = self.dec_prev[i] if self.dec_prev[i] is not None else torch.zeros_like(cur)
+        self.dec_prev[i] = cur
+        cols = torch.mm(torch.cat([cur, prev], 1), weight)  # (F, kF * 2Cout): input bin f, tap k
+        freq_out = (cur.shape[0] - 1) * _STRIDE[0] + kernel
+        y = bias.repeat(freq_out, 1)  # (F', 2Cout)
+        y.index_add_(0, _overlap_index(cur.shape[0], kernel), cols.view(-1, y.shape[1]))  # bin 2f + k
+        return F.leaky_relu(y, _LEAKY_SLOPE).view(1, freq_out, 1, -1)
+
+    def _se(self, name: str, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2C)
+        mean = h.mean(dim=(1, 2))  # (1, 2C)
+        num = self.se_num.get(name)
+        self.se_num[name] = mean if num is None else num * self.decay + mean
+        self.se_den[name] = self.se_den.get(name, 0.0) * self.decay + 1.0
+        w1, b1, w2, b2 = self.se_w[name]  # both MLPs (fc_r, fc_i) stacked
+        pooled = (self.se_num[name] / self.se_den[name]).view(2, -1)  # (plane, C): a_r, a_i
+        hid = torch.addmm(b1, pooled, w1).relu_().view(2, 2, -1).transpose(0, 1)  # (fc, plane, hidden)
+        g = torch.baddbmm(b2, hid, w2).sigmoid_()  # (fc, plane, C): fc_r(a_r), fc_r(a_i); fc_i(...)
+        gate = torch.cat([g[0, 0] - g[1, 1], g[0, 1] + g[1, 0]])  # (2C,): ComplexSELayer.gate
+        return h * gate
+
+    def _freq_fsmn(self, name: str, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2C), memory along F
+        """One frame of a frequency FSMN pair (``_complex_fsmn`` along F, T = 1).
+
+        The memory is a per-channel FIR along F on (F, plane x 2C) rows: one product over an
+        unfolded view for small maps, else one multiply-add per tap (taps that reach only the
+        zero padding are skipped).  For one frame both beat oneDNN's grouped convolution,
+        whose fixed cost per call dominates.
+        """
+        w_x, bias, w_proj, taps = self.freq_w[name]  # (C, 2H), (2H,), (2, H, C), (K, plane * 2C)
+        freq, channels, lorder = h.shape[1], w_x.shape[0], taps.shape[0]
+        x = h.view(freq * 2, channels)  # rows (f, plane)
+        hid = torch.addmm(bias, x, w_x).relu_()  # (F * 2, 2H): both FSMNs' hidden layers
+        p = torch.bmm(hid.view(freq * 2, 2, -1).transpose(0, 1), w_proj)  # (fsmn, F * 2, C)
+        p = p.view(2, freq, 2, channels).permute(1, 2, 0, 3).reshape(freq, 4 * channels)  # (F, plane*fsmn*C)
+        if freq * lorder * p.shape[1] <= _SMALL_MAP:  # one product over all taps
+            padded = F.pad(p, (0, 0, lorder - 1, 0))  # (K - 1 + F, 4C)
+            z = (padded.unfold(0, lorder, 1) * taps.t()).sum(-1)  # (F, 4C): windows (F, 4C, K)
+        else:
+            z = p * taps[lorder - 1]  # current-step tap (+1: the P term)
+            for k in range(max(0, lorder - freq), lorder - 1):  # tap k reads step f - (K - 1 - k)
+                lag = lorder - 1 - k
+                z[lag:].addcmul_(p[: freq - lag], taps[k])
+        z = z.view(freq, 2, 2, channels) + x.view(freq, 2, 1, channels)  # (F, plane, fsmn, C) + X
+        real = z[:, 0, 0] - z[:, 1, 1]  # fsmn_re(x_r) - fsmn_im(x_i), (F, C)
+        imag = z[:, 1, 0] + z[:, 0, 1]  # fsmn_re(x_i) + fsmn_im(x_r)
+        return torch.cat([real, imag], 1).view(1, freq, 1, 2 * channels)
+
+    def _time_fsmn(self, h: torch.Tensor) -> torch.Tensor:  # (1, 1, 1, 2C), memory along T
+        """One step of the bottleneck FSMN's two layers (as _ComplexFsmnFunction, S = T)."""
+        x = h.view(-1)
+        for layer, (w_lin, w_proj, taps) in enumerate(self.time_w):
+            channels, hidden, lorder = w_proj.shape[1], w_proj.shape[2], taps.shape[1]
+            cols = torch.cat([x.view(2, channels).t(), x.new_ones(1, 2)])  # (C + 1, plane)
+            hid = torch.mm(w_lin, cols).relu_()  # (2H, plane)
+            p = torch.bmm(w_proj, hid.view(2, hidden, 2)).view(2 * channels, 1, 2)  # (2C, 1, plane)
+            hist = self.fsmn_hist[layer]
+            if hist is None:
+                hist = p.new_zeros(2 * channels, lorder - 1, 2)  # zeros before the first frame
+            seq = torch.cat([hist, p], 1)  # (2C, K, plane): steps t - K + 1 .. t
+            self.fsmn_hist[layer] = seq[:, 1:]
+            z = torch.bmm(taps[:, None, :], seq).view(2, channels, 2)  # P + memory(P): (fsmn, C, plane)
+            z = z + cols[:channels]  # + X
+            x = torch.cat([z[0, :, 0] - z[1, :, 1], z[0, :, 1] + z[1, :, 0]])  # (2C,): real, imag
+        return x.view(1, 1, 1, -1)
+
+    # one frame through the U-Net (ComplexUNet.forward with T = 1 and state) ------------------
+    def step(self, x: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2) -> (1, F, 1, 2)
+        skips = []
+        h = x
+        for i in range(_DEPTH):
+            if i > 0:  # fsmn_enc0 is never used
+                h = self._freq_fsmn(f"fsmn_enc{i}", h)
+            h = self._encoder(i, h)
+            if i < _DEPTH - 1:
+                skips.append(self._se(f"se_layer_enc{i}", h))
+        p = self._time_fsmn(h)  # (1, 1, 1, 2C)
+        for i in range(_DEPTH):
+            p = self._decoder(i, p)
+            if i == _DEPTH - 1:
+                break
+            p = self._freq_fsmn(f"fsmn_dec{i}", p)
+            if i < _DEPTH - 2:
+                p = self._se(f"se_layer_dec{i}", p)
+            p = _complex_cat(p, skips[_DEPTH - 2 - i])
+        return self.unet.linear(p)  # (1, F, 1, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def _overlap_index(freq: int, kernel: int) -> torch.Tensor:
+    """Output bin 2f + k of input bin f and tap k, in (f, k) order (stride-2 transposed conv)."""
+    return (torch.arange(freq)[:, None] * _STRIDE[0] + torch.arange(kernel)[None, :]).reshape(-1)
+
+
+def _detached(tensors):
+    return tuple(t.detach().contiguous() for t in tensors)
+
+
+def _se_weights(layer):
+    """ComplexSELayer's two MLPs stacked: (C, 2 * hidden), (2 * hidden,), (2, hidden, C), (2, 1, C)."""
+    (r1, _, r2, _), (i1, _, i2, _) = layer.fc_r, layer.fc_i
+    return _detached((torch.cat([r1.weight, i1.weight]).t(), torch.cat([r1.bias, i1.bias]),
+                      torch.stack([r2.weight.t(), i2.weight.t()]), torch.stack([r2.bias, i2.bias])[:, None]))
+
+
+def _freq_fsmn_weights(mod):
+    """(C, 2H) input weights, (2H,) bias, (2, H, C) projections, (K, plane * 2C) taps (+1 on
+    the current step) of a frequency FSMN pair."""
+    w_lin, w_proj, taps = _fsmn_weights(mod.fsmn_re_L1, mod.fsmn_im_L1)
+    channels = w_proj.shape[1]
+    return _detached((w_lin[:, :channels].t(), w_lin[:, channels], w_proj.transpose(1, 2), taps.t().repeat(1, 2)))
+
+
+def _encoder_weights(weight: torch.Tensor, bias: torch.Tensor):
+    """Folded conv weight (2Cout, 2Cin, kF, 2) -> (2 * 2Cin * kF, 2Cout), rows ordered as the
+    flattened (time tap, cin, kf) windows of ``_UNetState._encoder``; bias; kF."""
+    kernel = weight.shape[2]
+    return weight.permute(3, 1, 2, 0).reshape(-1, weight.shape[0]).contiguous(), bias.contiguous(), kernel
+
+
+def _decoder_weights(weight: torch.Tensor, bias: torch.Tensor):
+    """Folded transposed-conv weight (2Cin, 2Cout, kF, 2) -> (2 * 2Cin, kF * 2Cout): time tap 0
+    (current frame) over time tap 1 (previous frame); bias; kF."""
+    kernel = weight.shape[2]
+    stacked = torch.cat([weight[..., 0], weight[..., 1]], 0)  # (2 * 2Cin, 2Cout, kF)
+    return stacked.permute(0, 2, 1).reshape(stacked.shape[0], -1).contiguous(), bias.contiguous(), kernel
+
+
+def enhance_stream(model: FRCRN, x: np.ndarray) -> np.ndarray:
+    """A whole normalised signal (L,) through a StreamingEnhancer -> float64 (L,)."""
+    enhancer = StreamingEnhancer(model)
+    y = np.concatenate([enhancer.process(x), enhancer.flush()])
+    return y.astype(np.float64)
+
+
+def hop_statistics(seconds: list[float], hop_s: float) -> dict:
+    """mean / p99 / worst compute time per hop (ms), RTF and hops slower than real time."""
+    t = np.asarray(seconds, dtype=np.float64)
+    if t.size == 0:
+        return {"hops": 0}
+    return {"hops": int(t.size), "mean_ms": 1000 * float(t.mean()), "p99_ms": 1000 * float(np.percentile(t, 99)),
+            "worst_ms": 1000 * float(t.max()), "rtf": float(t.mean() / hop_s),
+            "late_hops": int((t > hop_s).sum())}
