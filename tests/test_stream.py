@@ -254,11 +254,11 @@ def test_streaming_refuses_non_causal_or_training_models():
         StreamingEnhancer(_causal().train())
 
 
-def test_release_checkpoint_initialises_a_causal_model(compat_dir, parity_fill_module, tmp_path):
-    manifest = load_manifest(compat_dir, "FRCRN_SE_16K")
+def test_release_checkpoint_initialises_a_causal_model(clearvoice_data, release_fill, tmp_path):
+    manifest = load_manifest(clearvoice_data, "FRCRN_SE_16K")
     ours = FRCRN().state_dict()
     constants = {k: ours[k] for k in ("stft.weight", "istft.weight", "istft.window", "istft.enframe")}
-    release = release_state_dict(manifest, constants, parity_fill_module)
+    release = release_state_dict(manifest, constants, release_fill)
     path = tmp_path / "FRCRN_SE_16K.pt"
     write_release_checkpoint(path, release, module_prefix=True)
     model = build_network("FRCRN_SE_16K", {"network_kwargs": {"causal": True}})
@@ -319,7 +319,7 @@ def test_cli_file_and_stdin_pipe(causal_ckpt, tmp_path, caplog):
     assert b"compute per hop mean" in out.stderr and b"Traceback" not in out.stderr
 
 
-def test_cli_errors_are_one_line(causal_ckpt, tmp_path, capsys, caplog):
+def test_cli_errors_are_one_line(causal_ckpt, tmp_path, capsys):
     ckpt, _ = causal_ckpt
     released = _checkpoint(tmp_path / "released.pt", FRCRN(**TINY), dict(TINY))
     sf.write(tmp_path / "in.wav", _signal(0.5), 16000)
@@ -330,12 +330,15 @@ def test_cli_errors_are_one_line(causal_ckpt, tmp_path, capsys, caplog):
          "missing.wav"),
         (["--checkpoint", str(ckpt), "--input", "-", "--output", "-", "--rate", "8000"], "--rate 8000"),
         (["--checkpoint", str(ckpt), "--input", "-", "--output", str(tmp_path / "o.wav")], "goes with --output -"),
+        (["--checkpoint", str(ckpt), "--input", str(tmp_path / "in.wav"), "--output", str(tmp_path / "in.wav")],
+         "overwrite"),
     ]
     for argv, message in cases:
-        caplog.clear()
+        capsys.readouterr()
         assert stream_enhance.main(argv) == 1
-        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0]
+        err = capsys.readouterr().err
+        assert err.startswith("se.bin.stream_enhance: error: ") and message in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "o.wav").exists()
 
 

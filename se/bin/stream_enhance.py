@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from se import cli
 from se.audio import AudioError, norm_gain, read_audio, write_audio
 from se.bin.enhance import check_inputs
 from se.checkpoint import CheckpointError, load_network
@@ -40,12 +41,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", choices=network_names(), help="network (only for ClearVoice-format files)")
     p.add_argument("--input", required=True, help="audio file, or - for raw 16-bit PCM on stdin")
     p.add_argument("--output", required=True, help="output file (.wav), or - for raw 16-bit PCM on stdout")
-    p.add_argument("--rate", type=int, default=None, help="sample rate of raw PCM (must be the network's)")
+    p.add_argument("--rate", type=cli.positive_int, default=None, help="sample rate of raw PCM (must be the network's)")
     p.add_argument("--gain-db", type=float, default=None,
                    help="input gain in dB (output gets the inverse); default: whole-file normalisation "
                         "for files, 0 for stdin")
-    p.add_argument("--chunk-ms", type=float, default=20.0, help="read size in ms (any size works)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (real time: 1)")
+    p.add_argument("--chunk-ms", type=cli.positive_float, default=20.0, help="read size in ms (any size works)")
+    p.add_argument("--threads", type=cli.positive_int, default=1, help="torch CPU threads (real time: 1)")
     p.add_argument("--output-subtype", choices=["PCM_16", "FLOAT"], default="PCM_16", help="file output only")
     return p
 
@@ -83,6 +84,8 @@ def stream_stdin(enhancer: StreamingEnhancer, monitor: HopMonitor, chunk: int, g
 
     def write(y: np.ndarray) -> None:
         nonlocal clipped
+        if not np.all(np.isfinite(y)):
+            raise AudioError("the network's output is not finite (NaN/Inf); nothing more is written")
         y = y.astype(np.float64) / gain * 32768.0
         clipped += int(np.count_nonzero((y > 32767) | (y < -32768)))
         dst.write(np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes())
@@ -126,25 +129,25 @@ def stream_file(enhancer: StreamingEnhancer, monitor: HopMonitor, path: str, out
     return write_audio(out, y, file_rate, subtype)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s",
                         stream=sys.stderr)
+    if (args.input == "-") != (args.output == "-"):
+        raise cli.UserError("--input - (raw PCM on stdin) goes with --output - (raw PCM on stdout), files with files")
+    if args.output != "-":
+        cli.check_output_file(args.output, "--output", [args.input])
+    torch.set_num_threads(args.threads)
+    model, info = load_network(args.checkpoint, args.network, "cpu")
     try:
-        if args.threads < 1 or args.chunk_ms <= 0:
-            raise ValueError(f"--threads must be >= 1 and --chunk-ms > 0, got {args.threads}, {args.chunk_ms}")
-        if (args.input == "-") != (args.output == "-"):
-            raise ValueError("--input - (raw PCM on stdin) goes with --output - (raw PCM on stdout), files with files")
-        torch.set_num_threads(args.threads)
-        model, info = load_network(args.checkpoint, args.network, "cpu")
-        try:
-            enhancer = StreamingEnhancer(model)
-        except ValueError as exc:
-            raise CheckpointError(f"{info['file']}: {exc}") from None
-        rate = model.sampling_rate
-        if args.input == "-" and args.rate is not None and args.rate != rate:
-            raise ValueError(f"--rate {args.rate}: raw PCM must be at the network's {rate} Hz "
-                             f"(resample first, e.g. sox -t raw ... -r {rate} ...)")
+        enhancer = StreamingEnhancer(model)
+    except ValueError as exc:
+        raise CheckpointError(f"{info['file']}: {exc}") from None
+    rate = model.sampling_rate
+    if args.input == "-" and args.rate is not None and args.rate != rate:
+        raise cli.UserError(f"--rate {args.rate}: raw PCM must be at the network's {rate} Hz "
+                            f"(resample first, e.g. sox -t raw ... -r {rate} ...)")
+    try:
         log.info("%s from %s: hop %d samples (%.0f ms), algorithmic latency %d samples (%.1f ms), %d thread(s)",
                  info["network"], info["file"], enhancer.hop, 1000 * enhancer.hop / rate, enhancer.latency,
                  enhancer.latency_ms, args.threads)
@@ -159,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         if clipped:
             log.warning("%d output samples exceeded 16-bit full scale and were clipped", clipped)
         monitor.report()
-    except (AudioError, CheckpointError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
     except BrokenPipeError:  # the reader of stdout went away
-        log.error("output pipe closed by the reader; stopping")
-        return 1
+        raise cli.UserError("output pipe closed by the reader; stopping") from None
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv, prog="se.bin.stream_enhance")
 
 
 if __name__ == "__main__":
