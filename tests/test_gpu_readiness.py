@@ -304,10 +304,14 @@ def test_non_finite_loss_on_one_process_skips_the_update_on_every_process(data, 
     results = outcome(two_processes, "agree")
     ref = frcrn_trainer(data, tmp_path / "ref")
     ref.step.build_optimizers()
+    # the trainable weights (fixed STFT kernels are built with LAPACK, whose last bits can
+    # depend on the thread count of the process that built them)
+    from se.train_step import unwrap
+
+    trainable = {k for k, v in unwrap(ref.step.modules["model"]).named_parameters() if v.requires_grad}
     for res in results:
         assert res["upd"]["nonfinite"] == 1.0
-        assert all(torch.equal(res["weights"][k], v) for k, v in _weights(ref.step).items()
-                   if "running" not in k and "num_batches" not in k)
+        assert all(torch.equal(res["weights"][k], v) for k, v in _weights(ref.step).items() if k in trainable)
 
 
 # ------------------------------------------------------------------------------------------
