@@ -130,7 +130,7 @@ def unpack(archive: Path, root: Path, expected: int) -> Path:
     out = root / folder
     out.mkdir(parents=True, exist_ok=True)
     log.info("%s: %d wav files, integrity OK; extracting into %s", archive, len(wavs), out)
-    from se.checkpoint import atomic_write  # the one atomic writer (temp file + rename, 0644)
+    from se.atomic import atomic_write  # the one atomic writer (temp file + rename, 0644)
 
     with zipfile.ZipFile(archive) as z:
         for m in wavs:

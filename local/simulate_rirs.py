@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from se import cli  # noqa: E402
 from se.audio import write_audio  # noqa: E402
-from se.checkpoint import atomic_write_text  # noqa: E402
+from se.atomic import atomic_write_text  # noqa: E402
 from se.data import write_source_dir  # noqa: E402
 
 log = logging.getLogger("simulate_rirs")

@@ -128,7 +128,7 @@ def check_finite(x: np.ndarray, path, where: str = "", offset: int = 0) -> None:
 
 
 def write_audio(path: str | os.PathLike, x: np.ndarray, rate: int, subtype: str = "PCM_16") -> int:
-    """Write atomically (se.checkpoint.atomic_write). Returns the number of samples that clipped.
+    """Write atomically (se.atomic.atomic_write). Returns the number of samples that clipped.
 
     For integer subtypes samples outside [-1, 1) would clip; they are counted and then
     limited explicitly (never silently), the caller reports the count.
@@ -143,7 +143,7 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, rate: int, subtype: str 
         x = np.clip(x, -1.0, limit)
     if not np.isfinite(x).all():  # never a NaN (FLOAT) or full-scale garbage (PCM) file
         raise AudioError(f"{path}: refusing to write non-finite (NaN/Inf) samples")
-    from se.checkpoint import atomic_write
+    from se.atomic import atomic_write
 
     atomic_write(path, lambda f: sf.write(f, x, rate, subtype=subtype, format="WAV"))
     return clipped

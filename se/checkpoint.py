@@ -15,13 +15,12 @@ at any moment leaves either the previous or the new checkpoint, never a dangling
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from se.atomic import _atomic, atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from se.cli import UserError
 
 log = logging.getLogger(__name__)
@@ -31,44 +30,6 @@ CKPT_RE = re.compile(r"^model\.ckpt-(\d+)-(\d+)\.pt$")
 
 class CheckpointError(UserError, ValueError):
     pass
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: str | Path, write) -> None:
-    """THE atomic writer of the code base: ``write(f)`` fills a temporary sibling file, which is
-    synced and renamed over ``path``; on any error the temporary file is removed and ``path``
-    is as it was. The file gets the usual permissions (0666 minus the umask, as open() gives),
-    not mkstemp's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-atomic_write = _atomic
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:

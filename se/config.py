@@ -204,6 +204,6 @@ def parse_overrides(args: list[str]) -> dict:
 
 
 def save(conf: dict, path: str | Path) -> None:
-    from se.checkpoint import atomic_write_text
+    from se.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(conf, sort_keys=True))

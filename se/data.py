@@ -81,7 +81,7 @@ def scp_line(path: str | Path, key: str) -> int:
 
 
 def write_scp(path: str | Path, items: dict[str, object]) -> None:
-    from se.checkpoint import atomic_write_text
+    from se.atomic import atomic_write_text
 
     atomic_write_text(path, "".join(f"{k} {items[k]}\n" for k in sorted(items)))
 
@@ -213,7 +213,7 @@ def write_source_dir(out_dir: str | Path, paths: dict[str, str], num_samples: di
                      utt2spk: dict[str, str] | None = None) -> SourceDir:
     """Writes a source data dir (see SourceDir) from ``{id: path}`` and ``{id: samples}``;
     paths are made absolute. Returns it read back."""
-    from se.checkpoint import atomic_write_text
+    from se.atomic import atomic_write_text
 
     if not paths:
         raise DataDirError(f"{out_dir}: no signals to write")
@@ -278,7 +278,7 @@ def make_data_dir(pairs: dict[str, tuple[str, str]], out_dir: str | Path, sampli
     write_scp(out_dir / "wav.scp", {u: os.path.abspath(p[0]) for u, p in pairs.items()})
     write_scp(out_dir / "spk1.scp", {u: os.path.abspath(p[1]) for u, p in pairs.items()})
     write_scp(out_dir / "utt2num_samples", lengths)
-    from se.checkpoint import atomic_write_text
+    from se.atomic import atomic_write_text
 
     atomic_write_text(out_dir / "fs", f"{rates.pop()}\n")
     return DataDir(out_dir)

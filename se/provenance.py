@@ -38,7 +38,7 @@ def write_provenance(path: str | Path, argv: list[str]) -> None:
 
     import yaml
 
-    from se.checkpoint import atomic_write_text
+    from se.atomic import atomic_write_text
 
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

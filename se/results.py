@@ -29,8 +29,8 @@ VERSIONED_PACKAGES = (
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """se.checkpoint.atomic_write_bytes (the one atomic writer), imported when first used."""
-    from se.checkpoint import atomic_write_bytes as write
+    """se.atomic.atomic_write_bytes (the one atomic writer), imported when first used."""
+    from se.atomic import atomic_write_bytes as write
 
     write(path, data)
 

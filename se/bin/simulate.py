@@ -29,7 +29,7 @@ import numpy as np
 
 from se import cli
 from se.audio import write_audio
-from se.checkpoint import atomic_write_text
+from se.atomic import atomic_write_text
 from se.data import SourceDir, item_rng, write_scp
 from se.simulation import SimulationError, Simulator, load_block, parse_config, snr_on_active
 
