@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,9 @@ def train_cmd(data, exp, *extra, python=(sys.executable,)):
     return [*python, "-m", "se.bin.train", "--train-data", str(data / "train"), "--valid-data",
             str(data / "valid"), "--exp-dir", str(exp), "--network", "FRCRN_SE_16K",
             "--network_kwargs", TINY, "--max_length", "0.5", "--batch_size", "2", "--num_workers", "1",
-            "--init_learning_rate", "0.003", "--print_freq", "1", "--seed", "3", *extra]
+            "--init_learning_rate", "0.003", "--print_freq", "1", "--seed", "3",
+            # no tensorboard examples (PESQ, plots: seconds per validation) unless a test asks for them
+            "--valid_utterances_to_log", "0", *extra]
 
 
 def env():
@@ -43,8 +46,18 @@ def final_model(exp) -> dict:
     return torch.load(ckpt.read_pointer(exp, "last_checkpoint"), weights_only=False)
 
 
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """One short training (3 updates, inside epoch 1) shared by the tests that only read its
+    experiment dir (or copy it)."""
+    exp = tmp_path_factory.mktemp("trained") / "exp"
+    subprocess.run(train_cmd(data, exp, "--max_steps", "3"), env=env(), check=True, capture_output=True)
+    return exp
+
+
 def test_resume_after_kill_is_exact(data, tmp_path):
-    steps = ["--max_steps", "10", "--checkpoint_save_freq", "5", "--max_epoch", "3"]
+    # with the default tensorboard examples: their logging must not disturb the resumed RNG streams
+    steps = ["--max_steps", "10", "--checkpoint_save_freq", "5", "--max_epoch", "3", "--valid_utterances_to_log", "3"]
     ref = tmp_path / "ref"
     subprocess.run(train_cmd(data, ref, *steps), env=env(), check=True, capture_output=True)
 
@@ -73,9 +86,8 @@ def test_resume_after_kill_is_exact(data, tmp_path):
     assert a["trainer"]["best_valid_loss"] == b["trainer"]["best_valid_loss"]
 
 
-def test_checkpoint_is_self_describing_and_enhance_reads_it(data, tmp_path):
-    exp = tmp_path / "exp"
-    subprocess.run(train_cmd(data, exp, "--max_steps", "2"), env=env(), check=True, capture_output=True)
+def test_checkpoint_is_self_describing_and_enhance_reads_it(trained):
+    exp = trained
     state = final_model(exp)
     for key in ("model", "optimizer", "epoch", "step", "network", "network_kwargs", "sampling_rate",
                 "config", "rng", "trainer"):
@@ -90,10 +102,10 @@ def test_checkpoint_is_self_describing_and_enhance_reads_it(data, tmp_path):
         load_network(exp, "MossFormer2_SE_48K")
 
 
-def test_resume_refuses_other_network_size(data, tmp_path):
+def test_resume_refuses_other_network_size(data, trained, tmp_path):
     exp = tmp_path / "exp"
-    subprocess.run(train_cmd(data, exp, "--max_steps", "1"), env=env(), check=True, capture_output=True)
-    cmd = train_cmd(data, exp, "--max_steps", "2")
+    shutil.copytree(trained, exp)  # a trained experiment (3 updates) to resume
+    cmd = train_cmd(data, exp, "--max_steps", "4")
     cmd[cmd.index(TINY)] = "{channels: 8, fsmn_hidden: 4, se_reduction: 2, lorder: 3}"
     out = subprocess.run(cmd, env=env(), capture_output=True, text=True)
     assert out.returncode == 1 and "cannot resume" in out.stderr and "--start-over" in out.stderr
@@ -193,14 +205,13 @@ def test_average_best_checkpoints(data, tmp_path):
     assert average_checkpoints.main(["--exp-dir", str(tmp_path / "nothing"), "--num", "2"]) == 1
 
 
-def test_max_steps_at_an_epoch_boundary_closes_the_epoch(data, tmp_path):
+def test_max_steps_at_an_epoch_boundary_closes_the_epoch(data, trained, tmp_path):
     """12 utterances / batch 2 = 6 batches: stopping at update 6 ends epoch 1, at 3 stays inside it."""
     exp = tmp_path / "b"
     subprocess.run(train_cmd(data, exp, "--max_steps", "6"), env=env(), check=True, capture_output=True)
     state = final_model(exp)
     assert (state["trainer"]["epoch"], state["trainer"]["batch_in_epoch"]) == (1, 0)
-    exp = tmp_path / "m"
-    subprocess.run(train_cmd(data, exp, "--max_steps", "3"), env=env(), check=True, capture_output=True)
+    exp = trained  # --max_steps 3
     state = final_model(exp)
     assert (state["trainer"]["epoch"], state["trainer"]["batch_in_epoch"]) == (0, 3)
     assert ckpt.read_pointer(exp, "last_checkpoint").name == "model.ckpt-1-3.pt"
