@@ -16,7 +16,7 @@ def test_mini_recipe_all_stages(tmp_path):
     for name in ("path.sh", "cmd.sh"):
         (tmp_path / name).write_text(f'. "{REPO}/{name}"\n')
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    cmd = ["bash", str(recipe / "run.sh"), "--nj", "2", "--metrics", "pesq_wb,stoi,si_sdr",
+    cmd = ["bash", str(recipe / "run.sh"), "--nj", "1", "--metrics", "pesq_wb,stoi,si_sdr",
            "--train-args", "--max_steps 3 --batch_size 4 --num_workers 0 --valid_utterances_to_log 0 "
            "--network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}'"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -27,7 +27,7 @@ def test_mini_recipe_all_stages(tmp_path):
     assert len(list((recipe / "exp/FRCRN_SE_16K/enhanced/test").glob("*.wav"))) == 8
     # the causal conf on the same data: trains, enhances hop by hop (se.stream), scores, and its
     # RESULTS.md shows the offline FRCRN beside it on the same test set
-    cmd = ["bash", str(recipe / "run.sh"), "--stage", "3", "--nj", "2", "--metrics", "si_sdr",
+    cmd = ["bash", str(recipe / "run.sh"), "--stage", "3", "--nj", "1", "--metrics", "si_sdr",
            "--conf", "conf/train_FRCRN_SE_16K_causal.yaml", "--compare", "FRCRN_SE_16K",
            "--train-args", "--max_steps 3 --batch_size 4 --num_workers 0 --valid_utterances_to_log 0 "
            "--network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3, causal: true}'"]
@@ -42,7 +42,7 @@ def test_mini_recipe_all_stages(tmp_path):
     assert results.count(" n/a ") == 0  # si_sdr is in both experiments' scores
     # --simulate true on the same corpus: source dirs, pyroomacoustics RIRs, fixed sets from
     # se.bin.simulate, training on the fly (tiny FRCRN, 3 updates), enhancement and scoring
-    cmd = ["bash", str(recipe / "run.sh"), "--simulate", "true", "--stage", "1", "--num-rirs", "4", "--nj", "2",
+    cmd = ["bash", str(recipe / "run.sh"), "--simulate", "true", "--stage", "1", "--num-rirs", "4", "--nj", "1",
            "--metrics", "si_sdr", "--train-args", "--max_steps 3 --batch_size 4 --num_workers 1 "
            "--valid_utterances_to_log 0 --network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}'"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
