@@ -59,10 +59,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 from scipy import fft as sp_fft
 
-from se.audio import AudioError, norm_gain, read_audio
+from se.audio import AudioError, read_audio
 from se.cli import UserError
 from se.data import SourceDir
 from se.resample import resample
@@ -605,44 +604,13 @@ def load_block(path: str | Path) -> dict:
 # ------------------------------------------------------------------------------------------
 # training dataset
 # ------------------------------------------------------------------------------------------
+# SimulatedDataset (torch) lives in se.data_torch, imported when first used: se.bin.simulate
+# starts without torch.
 
 
-class SimulatedDataset(torch.utils.data.Dataset):
-    """Training items simulated on the fly; the same item dict as se.data.SegmentDataset
-    (``noisy``, ``clean`` = the target, ``index``, optional ``features``) plus ``draws``.
+def __getattr__(name: str):
+    if name == "SimulatedDataset":
+        from se.data_torch import SimulatedDataset
 
-    Item ``index`` of epoch ``e`` is ``simulator.simulate(item_rng(seed, e, index), segment)``:
-    a pure function of (seed, epoch, index). ``len`` is ``items_per_epoch`` (0: the number of
-    speech files). With ``normalize`` (the default) the pair is then multiplied by the gain that
-    brings the noisy input to -25 dB (se.audio.norm_gain), as SegmentDataset does with paired
-    data and se.enhance does at inference; the drawn level then only shapes the sets written by
-    se.bin.simulate (``normalize: false`` trains on the drawn levels).
-    """
-
-    def __init__(self, simulator: Simulator, segment: int, seed: int = 0, features=None):
-        self.simulator = simulator
-        self.segment = int(segment)
-        self.seed = seed
-        self.features = features
-        self.epoch = 0
-        self.size = simulator.config.items_per_epoch or simulator.num_speech_files
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict:
-        from se.data import item_rng
-
-        rng = item_rng(self.seed, self.epoch, index)
-        noisy, target, draws = self.simulator.simulate(rng, self.segment)
-        if self.simulator.config.normalize:
-            draws["train_gain"] = gain = norm_gain(noisy)
-            noisy, target = (noisy * gain).astype(np.float32), (target * gain).astype(np.float32)
-        item = {"noisy": torch.from_numpy(noisy), "clean": torch.from_numpy(target),
-                "index": index, "draws": draws}
-        if self.features is not None:
-            item["features"] = self.features(noisy, rng)
-        return item
+        return SimulatedDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
