@@ -35,7 +35,7 @@ SPEAKERS = {"train": ["p226", "p239", "p240", "p287"], "test": ["p232", "p257"]}
 UTTS = 3
 N_TRAIN = len(SPEAKERS["train"]) * UTTS
 N_TEST = len(SPEAKERS["test"]) * UTTS
-TINY_FRCRN = ("--max_steps 2 --batch_size 2 --effec_batch_size 2 --num_workers 0 "
+TINY_FRCRN = ("--max_steps 2 --batch_size 2 --effec_batch_size 2 --num_workers 0 --valid_utterances_to_log 0 "
               "--network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}'")
 FAST_METRICS = "pesq_wb stoi si_sdr"
 
