@@ -56,12 +56,18 @@ def speech_like(rng: np.random.Generator, n: int, fs: int) -> np.ndarray:
     amp, tmp = np.empty(len(active)), np.empty(len(active))
     nyq = 0.45 * fs
     f0_min = f0.min()
+    f0_lo, f0_hi = (f0_active.min(), f0_active.max()) if len(active) else (0.0, 0.0)
+    f_lo, f_hi = (formants.min(axis=1), formants.max(axis=1)) if len(active) else (np.zeros(3), np.zeros(3))
     for h in range(1, 40):
         if h * f0_min > nyq:
             break
+        near = [i for i in range(3)  # formants this harmonic comes near; the others give terms below
+                if h * f0_lo - f_hi[i] <= 10 * (80 + 40 * i) >= f_lo[i] - h * f0_hi]  # exp(-50): invisible
+        if not near:
+            continue
         fh = h * f0_active
         amp.fill(0.0)
-        for i in range(3):  # amp = sum_i exp(-0.5 * ((fh - F_i) / w_i) ** 2)
+        for i in near:  # amp = sum_i exp(-0.5 * ((fh - F_i) / w_i) ** 2)
             np.subtract(fh, formants[i], out=tmp)
             np.divide(tmp, 80 + 40 * i, out=tmp)
             np.square(tmp, out=tmp)
