@@ -27,8 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from se.models.frcrn import _DEPTH, _LEAKY_SLOPE, _STRIDE, FRCRN, _apply_mask, _channels_last, \
-    _complex_cat, _fsmn_weights
+from se.models.frcrn import _DEPTH, _LEAKY_SLOPE, _STRIDE, FRCRN, _complex_cat, _fsmn_weights
 
 
 class StreamingEnhancer:
@@ -68,8 +67,10 @@ class StreamingEnhancer:
         """Forget the signal: a new stream starts (all layer states zero).  The model's weights
         are read here (BN folded), so call it after changing them."""
         self._inbuf = np.zeros(self.edge, dtype=self.np_dtype)  # samples not yet consumed by a frame
-        self._ola = torch.zeros(self.win, dtype=self.dtype, device=self.device)  # overlap-add
-        self._norm = torch.zeros(self.win, dtype=self.dtype, device=self.device)  # sum of window^2
+        self._prepare_stft()
+        tail = self.win - self.hop  # overlap-add sums still waiting for later frames
+        self._ola = torch.zeros(tail, dtype=self.dtype, device=self.device)
+        self._norm = torch.zeros(tail, dtype=self.dtype, device=self.device)  # sum of window^2
         self._skip = self.edge  # leading output samples that belong to the padding
         self._received = 0
         self._emitted = 0
@@ -117,22 +118,34 @@ class StreamingEnhancer:
         self._emitted += out.size
         return out
 
+    def _prepare_stft(self) -> None:
+        """STFT / iSTFT kernels as (2F, win) / (win, 2F) matrices whose spectrum rows are
+        interleaved (bin, real / imag): the spectrum of a frame is then the U-Nets' (1, F, 1, 2)
+        input as it is, and the masked spectrum a complex product of (F, 2) views."""
+        model = self.model
+        with torch.no_grad():
+            bins = model.stft.weight.shape[0] // 2
+            order = torch.arange(2 * bins).view(2, bins).t().reshape(-1)  # row 2f + plane
+            self._stft_w = model.stft.weight.view(-1, self.win)[order].contiguous()
+            self._istft_w = model.istft.weight.view(-1, self.win)[order].t().contiguous()
+            self._win2 = (model.istft.window.view(-1) ** 2).contiguous()
+
     def _hop(self, frame: np.ndarray) -> np.ndarray:
         """One STFT frame (win_len samples) -> the next hop of output samples."""
         start = time.perf_counter()
-        model = self.model
         x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, self.dtype)
-        spec = torch.mv(model.stft.weight.view(-1, self.win), x)  # (2F,): the STFT conv, one frame
-        noisy = spec.view(1, 2, -1, 1)  # (1, 2, F, 1)
-        u1 = self._unets[0].step(_channels_last(noisy))  # (1, F, 1, 2)
+        spec = torch.mv(self._stft_w, x).view(1, -1, 1, 2)  # (1, F, 1, 2): the STFT conv, one frame
+        u1 = self._unets[0].step(spec)  # (1, F, 1, 2)
         u2 = self._unets[1].step(u1)
-        est_spec, _ = _apply_mask(noisy, u1, u2)  # (1, 2F, 1)
-        frame_out = torch.mv(model.istft.weight.view(-1, self.win).t(), est_spec.view(-1))  # (win,)
-        self._ola += frame_out
-        self._norm += model.istft.window.view(-1) ** 2
-        out = (self._ola[: self.hop] / (self._norm[: self.hop] + 1e-8)).cpu().numpy()
-        self._ola = torch.cat([self._ola[self.hop :], self._ola.new_zeros(self.hop)])
-        self._norm = torch.cat([self._norm[self.hop :], self._norm.new_zeros(self.hop)])
+        mask = torch.tanh(u2).add_(torch.tanh(u1))  # _apply_mask: tanh(U2) + tanh(U1), complex
+        est = torch.view_as_complex(spec.view(-1, 2)) * torch.view_as_complex(mask.view(-1, 2))  # (F,)
+        frame_out = torch.mv(self._istft_w, torch.view_as_real(est).view(-1))  # (win,)
+        tail = self._ola.shape[0]
+        frame_out[:tail] += self._ola  # overlap-add: earlier frames' sums first
+        norm = self._win2.clone()
+        norm[:tail] += self._norm
+        out = (frame_out[: self.hop] / (norm[: self.hop] + 1e-8)).cpu().numpy()
+        self._ola, self._norm = frame_out[self.hop :], norm[self.hop :]
         self.hop_seconds.append(time.perf_counter() - start)
         return out
 
@@ -201,14 +214,14 @@ class _UNetState:
     def _se(self, name: str, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2C)
         """ComplexSELayer on one frame: the decayed running mean of the frame means through
         both MLPs as three matrix-vector products (see ``_se_weights``)."""
-        mean = h.view(h.shape[1], -1).mean(0)  # (2C,)
-        num = self.se_num.get(name)
+        rows = h.view(h.shape[1], -1)  # (F, 2C)
+        num = self.se_num.get(name)  # the frame mean 1/F rows^T 1 is added as one mat-vec
         if num is None:
-            num = self.se_num[name] = mean
-        elif self.decay == 1.0:
-            num.add_(mean)
+            num = self.se_num[name] = torch.mv(rows.t(), _mean_weights(rows.shape[0], rows.dtype, rows.device))
         else:
-            num.mul_(self.decay).add_(mean)
+            num = torch.addmv(num, rows.t(), _mean_weights(rows.shape[0], rows.dtype, rows.device),
+                              beta=self.decay)
+            self.se_num[name] = num
         den = self.se_den[name] = self.se_den.get(name, 0.0) * self.decay + 1.0
         w1, b1, w2, b2, combine = self.se_w[name]
         hid = torch.addmv(b1, w1, num, alpha=1.0 / den).relu_()  # (4 hidden,): mean = num / den
@@ -279,6 +292,12 @@ class _UNetState:
 def _overlap_index(freq: int, kernel: int) -> torch.Tensor:
     """Output bin 2f + k of input bin f and tap k, in (f, k) order (stride-2 transposed conv)."""
     return (torch.arange(freq)[:, None] * _STRIDE[0] + torch.arange(kernel)[None, :]).reshape(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_weights(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(size,) vector of 1 / size: a mean over rows as a matrix-vector product."""
+    return torch.full((size,), 1.0 / size, dtype=dtype, device=device)
 
 
 def _detached(tensors):
