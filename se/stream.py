@@ -141,7 +141,7 @@ class StreamingEnhancer:
         est = torch.view_as_complex(spec.view(-1, 2)) * torch.view_as_complex(mask.view(-1, 2))  # (F,)
         frame_out = torch.mv(self._istft_w, torch.view_as_real(est).view(-1))  # (win,)
         tail = self._ola.shape[0]
-        frame_out[:tail] += self._ola  # overlap-add: earlier frames' sums first
+        frame_out[:tail] += self._ola  # overlap-add with the earlier frames' pending sums
         norm = self._win2.clone()
         norm[:tail] += self._norm
         out = (frame_out[: self.hop] / (norm[: self.hop] + 1e-8)).cpu().numpy()
@@ -151,10 +151,11 @@ class StreamingEnhancer:
 
 
 # frequency-FSMN memories of at most this many products (F x K x 4C) run as one product over
-# an unfolded view; larger ones as one multiply-add per tap (no large temporary).  Measured on
-# one AVX2 core the unfolded product is faster up to the released width (1.6M products at
-# F = 159, C = 128); the per-tap loop wins only for F <= 2 (at most one tap reaches the data).
-_SMALL_MAP = 1 << 21
+# an unfolded view; larger ones as one multiply-add per tap (no large temporary), as do maps
+# of F <= 2 (at most one tap reaches the data).  Measured on one AVX2 core: the unfolded
+# product is faster up to about 0.5M products (F = 159 at C = 32, F = 78 at C = 64); above,
+# its temporary (megabytes) slows the hop down (released width: 10 % slower with it).
+_SMALL_MAP = 1 << 19
 
 
 class _UNetState:
@@ -234,8 +235,9 @@ class _UNetState:
         """One frame of a frequency FSMN pair (``_complex_fsmn`` along F, T = 1).
 
         Both FSMNs run on both planes: P (fsmn, F, plane x C) from two products, then the
-        memory, a per-channel FIR along F (``_fir``).  Its taps carry the sign of the complex
-        product, so the output is X + Z[re] + Z[im] with Z[im]'s planes swapped.
+        memory, a per-channel FIR along F (``_fir``).  fsmn_im's taps on the imaginary plane
+        are negated, so the output is X + Z[re] + (signs * X + Z[im]) with the planes of the
+        last term swapped: no per-plane products or concatenation.
         """
         w_x, bias, w_proj, taps, signs = self.freq_w[name]  # (C, 2H), (2H,), (2, H, C), (K, 2, 1, 2C), (2C,)
         freq, channels = h.shape[1], w_x.shape[0]
