@@ -236,6 +236,33 @@ def test_streaming_random_chunks_equal_offline(dtype, tau, tol, monkeypatch):
     assert len(enhancer.hop_seconds) > len(x) // HOP
 
 
+@pytest.mark.parametrize("small_map", [0, 1 << 30])  # one multiply-add per tap; one unfolded product
+def test_frequency_fsmn_memory_paths_equal_a_direct_sum(small_map, monkeypatch):
+    monkeypatch.setattr(stream, "_SMALL_MAP", small_map)
+    gen = torch.Generator().manual_seed(0)
+    lorder = 5
+    taps = torch.randn(lorder, 2, 1, 6, generator=gen, dtype=torch.float64)
+    for steps in (1, 2, 3, 7, 25):
+        p = torch.randn(2, steps, 6, generator=gen, dtype=torch.float64)
+        ref = torch.zeros_like(p)
+        for s in range(steps):
+            for k in range(lorder):
+                if s - (lorder - 1 - k) >= 0:
+                    ref[:, s] += taps[k, :, 0] * p[:, s - (lorder - 1 - k)]
+        assert torch.allclose(stream._fir(p, taps), ref, rtol=0, atol=1e-12)
+
+
+def test_se_block_weights_give_the_layer_gate():
+    from se.models.frcrn import ComplexSELayer
+
+    torch.manual_seed(0)
+    layer = ComplexSELayer(8, 2).double()
+    pooled = torch.randn(16, dtype=torch.float64)
+    w1, b1, w2, b2, combine = stream._se_weights(layer)
+    gate = combine @ torch.sigmoid(b2 + w2 @ torch.relu(b1 + w1 @ pooled))
+    assert torch.allclose(gate, layer.gate(pooled), rtol=0, atol=1e-12)
+
+
 def test_enhance_of_a_causal_model_streams_and_keeps_the_level():
     model = _causal(seed=4).eval()
     x = _signal(1.2, 6) * 0.05

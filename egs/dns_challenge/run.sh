@@ -16,6 +16,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
+. "$SE_ROOT/steps/lib/recipe.sh"
 # shellcheck disable=SC1091
 . "$SE_ROOT/cmd.sh"
 # shellcheck source=SCRIPTDIR/db.sh
@@ -46,7 +47,6 @@ train_args=             # more se.bin.train options (shell quoting), e.g. "--max
 metrics=all             # metrics for test sets with clean references (se.bin.score --metrics)
 noref_metrics=noref     # metrics for test sets without them (DNSMOS and PLCMOS)
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 [options]
 e.g.: $0 --dns_root /corpora/dns5 --network FRCRN_SE_16K --ngpu 1"
@@ -65,12 +65,9 @@ exp=$expdir/$tag
 corpus=${dns_root:-$download_dir}
 case " $rates " in *" $fs "*) ;; *) log "--rates '$rates' lacks $fs Hz, the rate of $network"; exit 1 ;; esac
 
-stage_done() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
-mark_done() { mkdir -p "$(dirname "$1")"; printf '%s\n' "$2" > "$1"; }
 corpus_sig="corpus=$corpus subsets=$subsets"
 data_sig="$corpus_sig rates=$rates valid=$valid_fraction test=$test_fraction speakers=$speaker_regex rirs=$num_rirs"
 sets_sig="$data_sig valid=$num_valid test=$num_test length=$sim_length conf=$(cksum < "$conf")"
-checkpoint_sig() { echo "$(stat -c %Y "$exp/last_best_checkpoint") $(head -n 1 "$exp/last_best_checkpoint")"; }
 # the test sets of stage 2: the simulated one and the official ones found in the corpus
 test_sets() { echo test_sim; [ ! -f "$data/official_test_sets" ] || cat "$data/official_test_sets"; }
 
@@ -157,7 +154,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
   stage_done "$data/.stage2.done" "$sets_sig" || { log "the test sets are not made; run stage 2 first"; exit 1; }
   for set in $(test_sets); do
-    enhance_sig="$(checkpoint_sig) $sets_sig"
+    enhance_sig="$(checkpoint_sig "$exp") $sets_sig"
     if stage_done "$exp/enhanced/$set/.done" "$enhance_sig"; then
       log "$exp/enhanced/$set is up to date, skipping"
       continue

@@ -25,10 +25,9 @@ metrics=all            # metrics of the scoring stage (se.bin.score --metrics), 
 simulate=false         # true: train on noise, RIRs and channel effects simulated on the fly (conf/train_sim_<network>.yaml)
 num_rirs=20            # --simulate true: number of pyroomacoustics RIRs (local/simulate_rirs.py)
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
-
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../../path.sh"
+. "$SE_ROOT/steps/lib/recipe.sh"
 . "$here/../../cmd.sh"
 . "$SE_ROOT/steps/parse_options.sh"
 cd "$here"

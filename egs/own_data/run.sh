@@ -14,6 +14,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
+. "$SE_ROOT/steps/lib/recipe.sh"
 # shellcheck disable=SC1091
 . "$SE_ROOT/cmd.sh"
 
@@ -40,7 +41,6 @@ tag=                    # experiment name; default <network>
 train_args=             # more se.bin.train options (shell quoting), e.g. "--max_epoch 20 --batch_size 8"
 metrics=all             # scoring metrics (se.bin.score --metrics)
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 --speech_dir DIR --noise_dir DIR [options]
 e.g.: $0 --speech_dir /data/my_speech --noise_dir /data/my_noise --init FRCRN_SE_16K.pt"
@@ -63,11 +63,8 @@ data=data               # source dirs and fixed sets at $fs Hz (conf/ reads data
 [ -n "$tag" ] || tag=$network
 exp=$expdir/$tag
 
-stage_done() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
-mark_done() { mkdir -p "$(dirname "$1")"; printf '%s\n' "$2" > "$1"; }
 data_sig="fs=$fs speech=$speech_dir noise=$noise_dir rir=$rir_dir spk=$utt2spk_regex valid=$valid_fraction test=$test_fraction rirs=$num_rirs"
 sets_sig="$data_sig valid=$num_valid test=$num_test length=$sim_length conf=$(cksum < "$conf")"
-checkpoint_sig() { echo "$(stat -c %Y "$exp/last_best_checkpoint") $(head -n 1 "$exp/last_best_checkpoint")"; }
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   log "Stage 1: speech/noise/RIR source dirs in $data at $fs Hz"
@@ -137,7 +134,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "Stage 4: enhance $data/test_sim with the best checkpoint of $exp"
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
   stage_done "$data/.stage2.done" "$sets_sig" || { log "$data/test_sim is not made; run stage 2 first"; exit 1; }
-  enhance_sig="$(checkpoint_sig) $sets_sig"
+  enhance_sig="$(checkpoint_sig "$exp") $sets_sig"
   if stage_done "$exp/enhanced/test_sim/.done" "$enhance_sig"; then
     log "$exp/enhanced/test_sim is up to date, skipping"
   else

@@ -16,6 +16,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
+. "$SE_ROOT/steps/lib/recipe.sh"
 # shellcheck disable=SC1091
 . "$SE_ROOT/cmd.sh"
 # shellcheck source=SCRIPTDIR/db.sh
@@ -44,7 +45,6 @@ tag=                    # experiment name; default the config's name without tra
 train_args=             # more se.bin.train options (shell quoting), e.g. "--max_epoch 20 --batch_size 8"
 metrics=all             # scoring metrics (se.bin.score --metrics), e.g. "pesq_wb stoi si_sdr"
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 [options]
 e.g.: $0 --vbd_root /corpora/VoiceBank-DEMAND --network FRCRN_SE_16K --ngpu 1"
@@ -80,14 +80,8 @@ if [ -n "$train_list$valid_list$test_list" ]; then
 fi
 if $use_lists; then rates=$fs; else rates="16000 48000"; fi
 
-# stage_done MARKER SIGNATURE: true when MARKER holds SIGNATURE, i.e. that stage already ran on
-# these inputs. mark_done MARKER SIGNATURE writes it.
-stage_done() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
-mark_done() { mkdir -p "$(dirname "$1")"; printf '%s\n' "$2" > "$1"; }
 corpus_sig="corpus=$corpus expected=$expected_train/$expected_test"
 data_sig="$corpus_sig valid_speakers=$valid_speakers rates=$rates lists=$train_list:$valid_list:$test_list"
-# the best checkpoint: its pointer file's time and content
-checkpoint_sig() { echo "$(stat -c %Y "$exp/last_best_checkpoint") $(head -n 1 "$exp/last_best_checkpoint")"; }
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: get and verify the corpus in $corpus"
@@ -171,7 +165,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "Stage 4: enhance $data/test with the best checkpoint of $exp"
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
   [ -f "$data/test/wav.scp" ] || { log "$data/test is missing; run stage 1 first"; exit 1; }
-  enhance_sig="$(checkpoint_sig) $data_sig"
+  enhance_sig="$(checkpoint_sig "$exp") $data_sig"
   if stage_done "$exp/enhanced/test/.done" "$enhance_sig"; then
     log "$exp/enhanced/test is up to date, skipping"
   else
