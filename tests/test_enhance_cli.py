@@ -1,8 +1,5 @@
 """se.bin.enhance: release checkpoints through the CLI (parity), inputs, outputs, bad input."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf

@@ -1,6 +1,5 @@
 """Trainer: exact resume after kill -9, DDP validation equality, fine-tuning init, health."""
 
-import math
 import os
 import shutil
 import signal

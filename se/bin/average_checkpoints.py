@@ -15,8 +15,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from se import cli
 from se.checkpoint import CheckpointError, atomic_torch_save, list_checkpoints, read_pointer, torch_load
 
