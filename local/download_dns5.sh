@@ -27,6 +27,7 @@ Downloads the archives of --subsets into <download-dir>/archives/ and unpacks th
 e.g.: $0 --subsets \"read_speech noise_fullband impulse_responses\" downloads/dns5"
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SE_ROOT/steps/parse_options.sh"
+. "$SE_ROOT/steps/lib/fetch.sh"
 
 if [ $# -ne 1 ]; then
   echo "$help_message" >&2
@@ -57,18 +58,6 @@ into $dir/archives/ by hand and run this again (they are verified, then unpacked
 DNS 5 data anywhere and give the recipe --dns_root <the folder holding datasets_fullband/>.
 END
   exit 1
-}
-
-# fetch URL FILE: download URL into FILE, continuing a partial FILE.
-fetch() {
-  if command -v wget >/dev/null; then
-    wget -c --tries 3 -O "$2" "$1"
-  elif command -v curl >/dev/null; then
-    curl -fL --retry 3 -C - -o "$2" "$1"
-  else
-    echo "$0: neither wget nor curl is installed" >&2
-    return 1
-  fi
 }
 
 mkdir -p "$dir/archives"

@@ -23,6 +23,7 @@ noisy_testset_wav.zip into <corpus-dir> and unpacks each into <corpus-dir>/<arch
 e.g.: $0 downloads/VoiceBank-DEMAND"
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SE_ROOT/steps/parse_options.sh"
+. "$SE_ROOT/steps/lib/fetch.sh"
 
 if [ $# -ne 1 ]; then
   echo "$help_message" >&2
@@ -43,18 +44,6 @@ then either copy them into $dir and run this again (they are verified, then unpa
 them anywhere and give the recipe --vbd_root <that folder> (or set VBD_ROOT in db.sh).
 END
   exit 1
-}
-
-# fetch URL FILE: download URL into FILE, continuing a partial FILE.
-fetch() {
-  if command -v wget >/dev/null; then
-    wget -c --tries 3 -O "$2" "$1"
-  elif command -v curl >/dev/null; then
-    curl -fL --retry 3 -C - -o "$2" "$1"
-  else
-    echo "$0: neither wget nor curl is installed" >&2
-    return 1
-  fi
 }
 
 mkdir -p "$dir"
