@@ -101,13 +101,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_network(path: str | Path, network: str | None = None, device="cpu"):
+def load_network(path: str | Path, network: str | None = None, device="cpu", kernels: bool | None = None):
     """Builds and loads a network for inference from our checkpoint or a ClearVoice file.
 
     Our checkpoints name their network and kwargs; a ClearVoice release file needs
-    ``network``. Returns (model in eval mode, info dict).
+    ``network``. Returns (model in eval mode, info dict). ``kernels``: see se.models.kernels.
     """
     from se.models import build_network, get_entry
+    from se.models.kernels import accelerate
 
     file = resolve_checkpoint(path)
     obj = torch_load(file)
@@ -118,12 +119,12 @@ def load_network(path: str | Path, network: str | None = None, device="cpu"):
                 f"{file}: checkpoint of network {obj['network']}, but --network {network} was asked for"
             )
         name = obj["network"]
-        model = get_entry(name).network_class()(**obj.get("network_kwargs", {}))
+        model = accelerate(name, get_entry(name).network_class()(**obj.get("network_kwargs", {})), kernels)
     else:
         if not network:
             raise CheckpointError(f"{file}: a ClearVoice release file; say which network it is (--network)")
         name = network
-        model = build_network(name, {})  # release files hold the released architecture
+        model = build_network(name, {}, kernels)  # release files hold the released architecture
     state = model_state_from_file(obj)
     load_into(model, state, file, name, release_format=not ours)
     model.to(device).eval()

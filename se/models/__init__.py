@@ -36,6 +36,8 @@ class NetworkEntry:
     sampling_rate: int
     # name of the training-step class in se.trainer / the network module ("" = supervised)
     train_step: str = ""
+    # 'pkg.module:accelerate' swapping in speed kernels (se/models/kernels); "" = none
+    kernels: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def network_class(self):
@@ -111,8 +113,9 @@ def _user_kwargs(name: str, conf: dict | None) -> dict:
     return check_kwargs(cls, (conf or {}).get("network_kwargs"), "network_kwargs")
 
 
-def build_network(name: str, conf: dict | None = None):
-    """Build network ``name`` from a config dict (released architecture when empty).
+def build_network(name: str, conf: dict | None = None, kernels: bool | None = None):
+    """Build network ``name`` from a config dict (released architecture when empty), with
+    its speed kernels unless ``kernels`` is False (None: see se.models.kernels).
 
     Bad ``network_kwargs`` (unknown keys, wrong types, values the constructor rejects) are
     ConfigErrors naming the key."""
@@ -120,11 +123,14 @@ def build_network(name: str, conf: dict | None = None):
 
     user = _user_kwargs(name, conf)
     try:
-        return get_entry(name).network_class().from_config(network_conf(conf))
+        model = get_entry(name).network_class().from_config(network_conf(conf))
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as exc:
         if not user or isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"network_kwargs {user} do not build a {name}: {exc}") from exc
+    from se.models.kernels import accelerate
+
+    return accelerate(name, model, kernels)
 
 
 def network_kwargs(name: str, conf: dict | None = None) -> dict:

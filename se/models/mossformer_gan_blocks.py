@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from se.models.mossformer2_blocks import mm_nt, use_onednn
+from se.models.kernels.onednn import mm_nt, use_onednn
 
 # Elements of one attention-score block (rows x queries x keys).  With autograd (training) it
 # bounds what one checkpointed block recomputes and keeps; without (inference) the block is
