@@ -10,7 +10,7 @@ output, the same zero padding) within float32 rounding, sample for sample: outpu
 is returned as soon as input sample n + win_len - 1 has arrived, so the algorithmic latency
 is one window (``latency`` samples, 40 ms for the released STFT).
 
-Per hop (shape legend as in se/models/frcrn.py: F bins, C channels, maps (1, F, 1, 2C)):
+Per hop (shape legend as in se/models/kernels/frcrn.py: F bins, C channels, maps (1, F, 1, 2C)):
 the newest frame of the input buffer goes through the STFT kernel, both U-Nets one frame at a
 time and the iSTFT kernel, and is overlap-added.  Cached state per layer: the previous input
 frame of every encoder and decoder (time kernel 2), the last lorder - 1 projections of both
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from se.models.frcrn import _DEPTH, _LEAKY_SLOPE, _STRIDE, FRCRN, _complex_cat, _fsmn_weights
+from se.models.frcrn import _DEPTH, _LEAKY_SLOPE, _STRIDE, FRCRN
+from se.models.kernels.frcrn import complex_cat, folded_weights, fsmn_weights, real_weight
 
 
 class StreamingEnhancer:
@@ -172,15 +173,15 @@ class _UNetState:
     def reset(self) -> None:
         u = self.unet
         with torch.no_grad():
-            self.enc_w = [_encoder_weights(*getattr(u, f"encoder{i}")._weights()) for i in range(_DEPTH)]
-            self.dec_w = [_decoder_weights(*getattr(u, f"decoder{i}")._weights()) for i in range(_DEPTH)]
+            self.enc_w = [_encoder_weights(*folded_weights(getattr(u, f"encoder{i}"))) for i in range(_DEPTH)]
+            self.dec_w = [_decoder_weights(*folded_weights(getattr(u, f"decoder{i}"))) for i in range(_DEPTH)]
             self.dec_bias = [None] * _DEPTH  # (F', 2Cout) bias rows, built on the first frame
             self.freq_w = {name: _freq_fsmn_weights(getattr(u, name)) for name in
                            [f"fsmn_enc{i}" for i in range(1, _DEPTH)] + [f"fsmn_dec{i}" for i in range(_DEPTH - 1)]}
             self.se_w = {name: _se_weights(getattr(u, name)) for name in
                          [f"se_layer_enc{i}" for i in range(_DEPTH - 1)] + [f"se_layer_dec{i}" for i in range(_DEPTH - 2)]}
-            self.time_w = [_detached(_fsmn_weights(getattr(u.fsmn, f"fsmn_re_{layer}"),
-                                                   getattr(u.fsmn, f"fsmn_im_{layer}"))) for layer in ("L1", "L2")]
+            self.time_w = [_detached(fsmn_weights(getattr(u.fsmn, f"fsmn_re_{layer}"),
+                                                  getattr(u.fsmn, f"fsmn_im_{layer}"))) for layer in ("L1", "L2")]
             self.out_w = _linear_weights(u.linear)
         self.enc_prev = [None] * _DEPTH  # previous input frame of each encoder (1, 2Cin, F, 1)
         self.dec_prev = [None] * _DEPTH
@@ -287,7 +288,7 @@ class _UNetState:
             p = self._freq_fsmn(f"fsmn_dec{i}", p)
             if i < _DEPTH - 2:
                 p = self._se(f"se_layer_dec{i}", p)
-            p = _complex_cat(p, skips[_DEPTH - 2 - i])
+            p = complex_cat(p, skips[_DEPTH - 2 - i])
         weight, bias = self.out_w  # the 1x1 complex output convolution: (2, 2), (2,)
         return torch.addmm(bias, p.view(p.shape[1], 2), weight).view(1, -1, 1, 2)  # (1, F, 1, 2)
 
@@ -330,7 +331,7 @@ def _se_weights(layer):
 
 def _linear_weights(conv):
     """The U-Net's 1x1 complex output convolution as a (2, 2) matrix on [real, imag] and its bias."""
-    weight, bias = conv.real_weight()  # (2, 2, 1, 1) (out, in), (2,)
+    weight, bias = real_weight(conv)  # (2, 2, 1, 1) (out, in), (2,)
     return _detached((weight.view(2, 2).t(), bias))
 
 
@@ -338,7 +339,7 @@ def _freq_fsmn_weights(mod):
     """(C, 2H) input weights, (2H,) bias, (2, H, C) projections and (K, fsmn, 1, plane x C)
     memory taps (+1 on the current step) of a frequency FSMN pair; fsmn_im's taps on the
     imaginary plane are negated (its -fsmn_im(x_i) term); (plane x C) signs +1, -1 of X."""
-    w_lin, w_proj, taps = _fsmn_weights(mod.fsmn_re_L1, mod.fsmn_im_L1)  # taps (fsmn x C, K)
+    w_lin, w_proj, taps = fsmn_weights(mod.fsmn_re_L1, mod.fsmn_im_L1)  # taps (fsmn x C, K)
     channels, lorder = w_proj.shape[1], taps.shape[1]
     taps = taps.t().reshape(lorder, 2, 1, 1, channels).repeat(1, 1, 1, 2, 1)  # (K, fsmn, 1, plane, C)
     taps[:, 1, :, 1] *= -1

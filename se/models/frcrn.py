@@ -1,45 +1,38 @@
 """FRCRN: frequency-recurrence complex convolutional recurrent network (ClearVoice FRCRN_SE_16K).
 
 Zhao, Ma, Nguyen, Ni, Ma, Hou, Yi, Meng (2022), "FRCRN: Boosting feature representation
-using frequency recurrence for monaural speech enhancement", ICASSP 2022.
-State-dict keys and shapes are those of the released checkpoints
-(tests/data/clearvoice/FRCRN_SE_16K.state_dict.json).
+using frequency recurrence for monaural speech enhancement", ICASSP 2022.  Repository docs:
+FRCRN_SE_16K.md (architecture, sizes), TIMINGS.md (speed).  State-dict keys and shapes are
+those of the released checkpoints (tests/data/clearvoice/FRCRN_SE_16K.state_dict.json).
 
-The network: a fixed conv-STFT, two complex U-Nets in series (the second one is fed
-the raw output of the first), a complex mask ``tanh(U1) + tanh(U2)`` applied to the noisy
-spectrum, and a fixed conv-iSTFT.  Each U-Net (paper Fig. 1) is a complex conv
-encoder/decoder of depth 7 + 7 whose stages are preceded by a complex "frequency
-recurrence" FSMN (paper §2.2; a causal memory of ``lorder`` bins running from low to high
-frequency), with complex squeeze-and-excitation (SE) on the skip paths and a complex
-time-FSMN at the bottleneck.
+The network (paper Fig. 1): a fixed conv-STFT, two complex U-Nets in series (the second one
+is fed the raw output of the first), a complex mask ``tanh(U1) + tanh(U2)`` applied to the
+noisy spectrum, and a fixed conv-iSTFT.  Each U-Net is a complex conv encoder/decoder
+("CCED", paper §2.1) of depth 7 + 7 whose stages are preceded by a complex "frequency
+recurrence" FSMN (paper §2.2: a causal memory of ``lorder`` bins running from low to high
+frequency), with complex squeeze-and-excitation (SE) on the skip paths and a complex time-FSMN
+at the bottleneck.  A complex layer f = (f_re, f_im) applied to x = x_r + i x_i gives
+f_re(x_r) - f_im(x_i) + i (f_re(x_i) + f_im(x_r)) (``_complex_apply``).
+
+This file is the plain reference forward.  The speed kernels (fused complex convolutions,
+folded batch norms, FSMN matrix products with a hand-written backward) live in
+se/models/kernels/frcrn.py and are applied by ``se.models.build_network`` unless
+``SE_KERNELS=reference``.
 
 Shape legend: B batch, L samples, T STFT frames, F frequency bins (fft_len // 2 + 1 = 321),
-C channels, S the FSMN sequence axis (frequency, or time at the bottleneck), W the other
-spatial axis, K the FSMN memory length (lorder).
-Complex feature maps are real tensors (B, F, T, 2C), channels last: the first C channels are
-the real plane, the last C the imaginary plane.  With this layout
-* a complex convolution is ONE real convolution with the block weight
-  [[W_re, -W_im], [W_im, W_re]], run on the channels-last NCHW view ``x.permute(0, 3, 1, 2)``
-  (oneDNN's fastest format; its output permutes back to (B, F', T', 2C') without a copy);
-* a complex batch norm (two independent real BNs) is one BN over 2C channels;
-* the FSMN's linear layers are plain matrix products over the channel axis, and its causal
-  memory is a banded matrix product (see ``_causal_memory``);
-no (..., 2) real/imag permutes or per-plane convolutions are needed.
+C complex channels, S the FSMN sequence axis, N the FSMN batch axis, K the FSMN memory
+length (lorder).  A complex map is a real tensor (B, 2C, F, T): the real plane in the first C
+channels, the imaginary plane in the last C.
 
 Differences from the reference code that do not change any output:
 * only the numbered sub-module names are kept (``encoder3``, not ``encoders.3``):
   :meth:`FRCRN.convert_clearvoice_state_dict` maps release checkpoints;
 * modules whose outputs are never used (``fsmn_enc0``, ``fsmn_dec6``, ``se_layer_enc6``,
-  ``se_layer_dec5``) keep their parameters but are not evaluated;
-* in eval mode the batch norms are folded into the convolution weights, and derived weights
-  (block weights, stacked FSMN weights) are reused between calls while no gradient is
-  recorded (see ``_reuse``);
-* the FSMN backward recomputes its hidden layer instead of storing it.
+  ``se_layer_dec5``) keep their parameters but are not evaluated.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 
@@ -59,6 +52,7 @@ _PADDING = (0, 1)
 _DEPTH = 7  # encoder (= decoder) stages; the reference's model_depth = 14
 _LEAKY_SLOPE = 0.01
 _BN_EPS = 1e-5
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,21 +136,50 @@ class ConviSTFT(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# complex layers on channels-last (B, F, T, 2C) maps
+# complex layers on (B, 2C, F, T) maps
 # ---------------------------------------------------------------------------------------------
-def _complex_block(w_re: torch.Tensor, w_im: torch.Tensor, dim_out: int, dim_in: int):
-    """Real weight of a complex linear map: [[W_re, -W_im], [W_im, W_re]] (out rows, in cols)."""
-    top = torch.cat([w_re, -w_im], dim_in)
-    bottom = torch.cat([w_im, w_re], dim_in)
-    return torch.cat([top, bottom], dim_out)
+def _complex_apply(f_re, f_im, x_r: torch.Tensor, x_i: torch.Tensor):
+    """A complex layer (f_re, f_im) on x_r + i x_i -> (real, imag) parts."""
+    return f_re(x_r) - f_im(x_i), f_re(x_i) + f_im(x_r)
+
+
+def _planes(x: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complex map -> (real, imag) halves along ``dim``."""
+    return x.chunk(2, dim)
+
+
+class ComplexConv2d(nn.Module):
+    """Complex convolution from two real ones: (B, 2Cin, F, T) -> (B, 2Cout, F', T')."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0):
+        super().__init__()
+        self.conv_re = nn.Conv2d(cin, cout, kernel, stride, padding)
+        self.conv_im = nn.Conv2d(cin, cout, kernel, stride, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        real, imag = _complex_apply(self.conv_re, self.conv_im, *_planes(x))  # (B, Cout, F', T')
+        return torch.cat([real, imag], 1)  # (B, 2Cout, F', T')
+
+
+class ComplexConvTranspose2d(nn.Module):
+    """Complex transposed convolution: (B, 2Cin, F, T) -> (B, 2Cout, F', T')."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0):
+        super().__init__()
+        self.tconv_re = nn.ConvTranspose2d(cin, cout, kernel, stride, padding)
+        self.tconv_im = nn.ConvTranspose2d(cin, cout, kernel, stride, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        real, imag = _complex_apply(self.tconv_re, self.tconv_im, *_planes(x))  # (B, Cout, F', T')
+        return torch.cat([real, imag], 1)  # (B, 2Cout, F', T')
 
 
 class ComplexBatchNorm2d(nn.Module):
-    """Two independent real BNs (``bn_re``, ``bn_im``) on the planes: one BN over 2C channels.
+    """Two independent real BNs (``bn_re``, ``bn_im``) on the planes of (B, 2C, F, T).
 
     ``sync_batchnorm(group)`` makes training-mode statistics those of the union of every
-    rank's batch (SyncBatchNorm's semantics; this module calls F.batch_norm itself, so
-    torch.nn.SyncBatchNorm.convert_sync_batchnorm cannot reach it).
+    rank's batch (SyncBatchNorm's semantics; torch.nn.SyncBatchNorm.convert_sync_batchnorm
+    does not reach the kernels' batch norm, which calls F.batch_norm itself).
     """
 
     def __init__(self, channels: int):
@@ -170,41 +193,19 @@ class ComplexBatchNorm2d(nn.Module):
         """Synchronise batch statistics over ``group`` (default: the whole world)."""
         self.sync, self.sync_group = True, group
 
-    def _cat(self, name: str) -> torch.Tensor:
-        return torch.cat([getattr(self.bn_re, name), getattr(self.bn_im, name)])  # (2C,)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, F, T)
+        if self.training and self.synchronised():
+            return self.sync_forward(x)
+        x_r, x_i = _planes(x)  # (B, C, F, T) each
+        return torch.cat([self.bn_re(x_r), self.bn_im(x_i)], 1)  # (B, 2C, F, T)
 
-    def uses_batch_stats(self) -> bool:
-        return self.training or self.bn_re.running_mean is None
-
-    def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eval-mode BN as y = x * scale + shift, both (2C,)."""
-        scale = self._cat("weight") / torch.sqrt(self._cat("running_var") + _BN_EPS)
-        return scale, self._cat("bias") - self._cat("running_mean") * scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, F, T) NCHW view
-        if not self.uses_batch_stats():
-            scale, shift = self.eval_affine()
-            return torch.addcmul(shift[:, None, None], x, scale[:, None, None])
-        if self._synchronised():
-            return self._sync_forward(x)
-        mean, var = self._cat("running_mean"), self._cat("running_var")
-        y = F.batch_norm(x, mean, var, self._cat("weight"), self._cat("bias"),
-                         training=True, momentum=self.bn_re.momentum, eps=_BN_EPS)
-        with torch.no_grad():  # F.batch_norm updated the concatenated copies
-            channels = self.bn_re.num_features
-            for bn, part in ((self.bn_re, slice(0, channels)), (self.bn_im, slice(channels, None))):
-                bn.running_mean.copy_(mean[part])
-                bn.running_var.copy_(var[part])
-                bn.num_batches_tracked.add_(1)
-        return y
-
-    def _synchronised(self) -> bool:
+    def synchronised(self) -> bool:
         import torch.distributed as dist
 
         return (self.sync and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size(self.sync_group) > 1)
 
-    def _sync_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def sync_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training BN with the statistics of every rank's batch: one all-reduce of the
         per-channel sums, sums of squares and counts (differentiable: its backward all-reduces
         the gradients of the statistics, as SyncBatchNorm does)."""
@@ -218,8 +219,9 @@ class ComplexBatchNorm2d(nn.Module):
         n = stats[-1]
         mean = stats[:c2] / n  # (2C,)
         var = (stats[c2:2 * c2] / n - mean * mean).clamp_min(0.0)  # biased, for normalising
-        scale = self._cat("weight") * torch.rsqrt(var + _BN_EPS)
-        y = (xf - mean[:, None, None]) * scale[:, None, None] + self._cat("bias")[:, None, None]
+        weight = torch.cat([self.bn_re.weight, self.bn_im.weight])  # (2C,)
+        bias = torch.cat([self.bn_re.bias, self.bn_im.bias])  # (2C,)
+        y = (xf - mean[:, None, None]) * (weight * torch.rsqrt(var + _BN_EPS))[:, None, None] + bias[:, None, None]
         with torch.no_grad():
             m = self.bn_re.momentum
             unbiased = var.detach() * n / (n - 1).clamp_min(1.0)
@@ -231,79 +233,8 @@ class ComplexBatchNorm2d(nn.Module):
         return y.to(x.dtype)
 
 
-class ComplexConv2d(nn.Module):
-    """Complex conv from two real convs ``conv_re``, ``conv_im``, run as one.
-
-    real = conv_re(x_r) - conv_im(x_i), imag = conv_re(x_i) + conv_im(x_r); the biases combine
-    to b_re - b_im (real) and b_re + b_im (imag).
-    """
-
-    weight_out_dim = 0  # output-channel axis of the weight
-
-    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0):
-        super().__init__()
-        self.conv_re = nn.Conv2d(cin, cout, kernel, stride, padding)
-        self.conv_im = nn.Conv2d(cin, cout, kernel, stride, padding)
-
-    def real_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        re, im = self.conv_re, self.conv_im
-        weight = _complex_block(re.weight, im.weight, 0, 1)  # (2Cout, 2Cin, kF, kT)
-        return weight, torch.cat([re.bias - im.bias, re.bias + im.bias])  # (2Cout,)
-
-    def conv(self, x, weight, bias):  # x: (B, 2Cin, F, T) NCHW view -> (B, 2Cout, F', T')
-        return F.conv2d(x, weight, bias, self.conv_re.stride, self.conv_re.padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2Cin)
-        return _channels_last(self.conv(x.permute(0, 3, 1, 2), *self.real_weight()))
-
-
-class ComplexConvTranspose2d(nn.Module):
-    """Complex transposed conv from ``tconv_re``, ``tconv_im`` (same pattern as ComplexConv2d)."""
-
-    weight_out_dim = 1  # ConvTranspose weights are (Cin, Cout, kF, kT)
-
-    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0):
-        super().__init__()
-        self.tconv_re = nn.ConvTranspose2d(cin, cout, kernel, stride, padding)
-        self.tconv_im = nn.ConvTranspose2d(cin, cout, kernel, stride, padding)
-
-    def real_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        re, im = self.tconv_re, self.tconv_im
-        weight = _complex_block(re.weight, im.weight, 1, 0)  # (2Cin, 2Cout, kF, kT)
-        return weight, torch.cat([re.bias - im.bias, re.bias + im.bias])  # (2Cout,)
-
-    def conv(self, x, weight, bias):  # x: (B, 2Cin, F, T) NCHW view -> (B, 2Cout, F', T')
-        return F.conv_transpose2d(x, weight, bias, self.tconv_re.stride, self.tconv_re.padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2Cin)
-        return _channels_last(self.conv(x.permute(0, 3, 1, 2), *self.real_weight()))
-
-
-def _channels_last(y: torch.Tensor) -> torch.Tensor:
-    """(B, C, F, T) NCHW view -> (B, F, T, C) contiguous (free for channels-last tensors)."""
-    return y.permute(0, 2, 3, 1).contiguous()
-
-
-def _reuse(owner: nn.Module, tag: str, sources, build):
-    """``build()``'s tensors, derived from the ``sources`` parameters/buffers.
-
-    While no autograd graph is recorded (inference) they are kept on ``owner`` and reused
-    until a source changes (storage, version counter, dtype or device); FRCRN drops them on
-    ``train()`` / ``eval()`` / ``to()``.
-    """
-    if torch.is_grad_enabled():
-        return build()
-    key = (owner.training,) + tuple(
-        (t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device) for t in sources
-    )
-    cache = owner.__dict__.setdefault("_reused", {})
-    if tag not in cache or cache[tag][0] != key:
-        cache[tag] = (key, build())
-    return cache[tag][1]
-
-
 class _ConvBlock(nn.Module):
-    """complex (transposed) conv -> complex BN -> LeakyReLU(0.01); BN folded in eval mode.
+    """complex (transposed) conv -> complex BN -> LeakyReLU(0.01): (B, 2Cin, F, T) -> (B, 2Cout, F', T').
 
     Time kernel 2.  Non-causal (released): the encoder pads one frame on each side (T -> T + 1
     frames, frame j sees input frames j - 1, j) and the decoder crops one on each side
@@ -315,29 +246,14 @@ class _ConvBlock(nn.Module):
 
     causal = False
 
-    def _layer(self):
+    def _layer(self) -> nn.Module:
         raise NotImplementedError
 
-    def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real block weight and bias, with the BN folded in when it uses running stats."""
-        layer = self._layer()
-        weight, bias = layer.real_weight()
-        if self.bn.uses_batch_stats():
-            return weight, bias
-        scale, shift = self.bn.eval_affine()  # (2Cout,)
-        shape = [1] * weight.dim()
-        shape[layer.weight_out_dim] = -1
-        return weight * scale.view(shape), bias * scale + shift
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2Cin)
-        weight, bias = _reuse(self, "weights", list(self.parameters()) + list(self.buffers()),
-                              self._weights)
-        y = self._layer().conv(x.permute(0, 3, 1, 2), weight, bias)  # (B, 2Cout, F', T') NHWC
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2Cin, F, T)
+        y = self._layer()(x)  # (B, 2Cout, F', T') with T' = T + 1 (encoder) or T - 1 (decoder)
         if self.causal:
             y = y[..., :-1]  # (B, 2Cout, F', T): frame alignment kept, no look-ahead
-        if self.bn.uses_batch_stats():
-            y = self.bn(y)
-        return _channels_last(F.leaky_relu(y, _LEAKY_SLOPE, inplace=True))  # (B, F', T', 2Cout)
+        return F.leaky_relu(self.bn(y), _LEAKY_SLOPE)  # (B, 2Cout, F', T')
 
 
 class Encoder(_ConvBlock):
@@ -363,10 +279,8 @@ class Decoder(_ConvBlock):
 
 
 class UniDeepFsmn(nn.Module):
-    """Parameters of one real FSMN: X + P + causal_memory(P), P = W_p ReLU(W_l X + b).
-
-    Only a parameter holder: the complex wrappers evaluate their real/imag pairs together.
-    """
+    """One real FSMN (paper §2.2): X + P + memory(P), P = W_p ReLU(W_l X + b), where memory is
+    a per-channel causal FIR of K taps along the sequence (``conv1``, left zero padding)."""
 
     def __init__(self, channels: int, hidden: int, lorder: int):
         super().__init__()
@@ -374,250 +288,34 @@ class UniDeepFsmn(nn.Module):
         self.project = nn.Linear(hidden, channels, bias=False)
         self.conv1 = nn.Conv2d(channels, channels, (lorder, 1), groups=channels, bias=False)
 
-
-# The FSMN memory runs blockwise: S is cut into blocks of Q <= _MAX_BLOCK steps and every
-# block is one banded (Q, Q + K - 1) matrix product with itself and the K - 1 steps before it.
-_MAX_BLOCK = 64
-# The FSMN runs through the sequence in chunks of whole blocks holding about this many columns
-# (steps x positions), so that its temporaries stay small (cache and malloc friendly).
-_FSMN_CHUNK = 16384
-
-
-def _memory_block(seq: int, lorder: int, width: int) -> int:
-    """Block length Q for S steps of ``width`` columns: about one chunk per block, at least
-    K - 1 (a block's memory reaches only into the previous block), little padding."""
-    target = min(max(_FSMN_CHUNK // max(width, 1), lorder - 1, 1), _MAX_BLOCK)
-    if seq <= target:
-        return seq
-
-    def cost(q):  # relative padding (weighted) + distance from the target length
-        return 4 * (math.ceil(seq / q) * q - seq) / seq + abs(q - target) / target
-
-    return min(range(max(lorder - 1, 1), _MAX_BLOCK + 1), key=cost)
-
-
-@functools.lru_cache(maxsize=32)
-def _band_shifts(block: int, lorder: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Constant 0/1 matrices E (K, Q * (Q + K - 1)), E[k, q, r] = [r - q == k]."""
-    with torch.inference_mode(False), torch.no_grad():  # usable in autograd later on
-        rows = torch.arange(block, device=device)[:, None]  # (Q, 1)
-        cols = torch.arange(block + lorder - 1, device=device)[None, :]  # (1, Q + K - 1)
-        lags = torch.arange(lorder, device=device)[:, None, None]  # (K, 1, 1)
-        return (cols - rows == lags).to(dtype).view(lorder, -1)
-
-
-def _memory_band(taps: torch.Tensor, block: int) -> torch.Tensor:
-    """(N, K) taps -> (N, Q, Q + K - 1) banded matrices: band[q, r] = taps[r - q]."""
-    channels, lorder = taps.shape
-    shifts = _band_shifts(block, lorder, taps.dtype, taps.device)
-    return (taps @ shifts).view(channels, block, block + lorder - 1)
-
-
-def _causal_memory(p: torch.Tensor, band: torch.Tensor, before: torch.Tensor | None = None):
-    """Per-channel causal FIR along the steps, out[s] = sum_k taps[k] * p[s - K + 1 + k] (the
-    reference's left-zero-padded depthwise conv), as banded matrix products.
-
-    p: (N, g * Q, I) = g blocks of Q steps; band: (N, Q, Q + K - 1) from ``_memory_band``;
-    before: (N, K - 1, I), the K - 1 steps preceding p (None: zeros).  Returns (N, g * Q, I).
-    Block j is band_cur @ p_j + band_prev @ (last K - 1 steps of block j - 1): the band's
-    columns index the steps jQ - K + 1 ... jQ + Q - 1.  Needs Q >= K - 1 for several blocks.
-    """
-    channels, steps, width = p.shape
-    block, lorder = band.shape[1], band.shape[2] - band.shape[1] + 1
-    blocks = steps // block
-    p4 = p.view(channels, blocks, block, width)  # (N, g, Q, I)
-    out = torch.matmul(band[:, None, :, lorder - 1 :], p4)  # (N, g, Q, I)
-    if lorder > 1:
-        prev = band[:, None, :, : lorder - 1]  # (N, 1, Q, K - 1)
-        if blocks > 1:
-            out[:, 1:] += torch.matmul(prev, p4[:, :-1, block - lorder + 1 :])
-        if before is not None:
-            out[:, 0] += torch.bmm(prev[:, 0], before)
-    return out.view(channels, steps, width)
-
-
-def _causal_memory_backward(grad, p, band, before=None, grad_after=None):
-    """Gradients of ``_causal_memory`` w.r.t. p (N, g * Q, I) and band (N, Q, Q + K - 1).
-
-    grad_after: (N, Q, I), the output gradient of the block that follows p (None: none).
-    """
-    channels, steps, width = grad.shape
-    block, lorder = band.shape[1], band.shape[2] - band.shape[1] + 1
-    blocks = steps // block
-    g4 = grad.view(channels, blocks, block, width)  # (N, g, Q, I)
-    p4 = p.view(channels, blocks, block, width)
-    g_p = torch.matmul(band[:, None, :, lorder - 1 :].transpose(-1, -2), g4)  # (N, g, Q, I)
-    g_band = grad.new_zeros(band.shape)  # (N, Q, Q + K - 1)
-    g_band[..., lorder - 1 :] = torch.matmul(g4, p4.transpose(-1, -2)).sum(1)
-    if lorder > 1:
-        prev_t = band[..., : lorder - 1].transpose(1, 2)  # (N, K - 1, Q)
-        if blocks > 1:
-            g_p[:, :-1, block - lorder + 1 :] += torch.matmul(prev_t[:, None], g4[:, 1:])
-            g_band[..., : lorder - 1] += torch.matmul(
-                g4[:, 1:], p4[:, :-1, block - lorder + 1 :].transpose(-1, -2)).sum(1)
-        if grad_after is not None:
-            g_p[:, -1, block - lorder + 1 :] += torch.bmm(prev_t, grad_after)
-        if before is not None:
-            g_band[..., : lorder - 1] += torch.bmm(g4[:, 0], before.transpose(1, 2))
-    return g_p.view(channels, steps, width), g_band
-
-
-def _fsmn_row_chunks(padded: int, block: int, width: int) -> list[tuple[int, int]]:
-    """[start, stop) step ranges of whole blocks, about _FSMN_CHUNK columns each."""
-    rows = max(1, _FSMN_CHUNK // (block * width)) * block
-    return [(start, min(start + rows, padded)) for start in range(0, padded, rows)]
-
-
-def _transpose_channels(x: torch.Tensor, out: torch.Tensor) -> None:
-    """(B, S, W, 2, C) -> out (C, S, B, W, 2) through a blocked 2-D transpose."""
-    batch, seq, width, _, channels = x.shape
-    flat = x.reshape(-1, channels).t()  # (C, B * S * W * 2): copies of this are blocked
-    if batch == 1 and out.is_contiguous():
-        out.view(channels, -1).copy_(flat)
-    else:
-        tmp = torch.empty_like(flat, memory_format=torch.contiguous_format).copy_(flat)
-        out.copy_(tmp.view(channels, batch, seq, width, 2).transpose(1, 2))
-
-
-def _output_grad_rows(g_cm: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """d out / d z for steps [start, stop): real = z_re,r - z_im,i, imag = z_re,i + z_im,r.
-
-    g_cm: (C, B, S, W, 2) output gradient, channel-major -> (2C, stop - start, B * W * 2)
-    (zero beyond S).
-    """
-    channels, batch, seq, width, _ = g_cm.shape
-    valid = max(0, min(stop, seq) - start)
-    g_z = g_cm.new_empty(2, channels, stop - start, batch, width, 2)  # (fsmn, C, S, B, W, plane)
-    if valid < stop - start:
-        g_z[:, :, valid:] = 0.0
-    src = g_cm[:, :, start : start + valid].transpose(1, 2)  # (C, S, B, W, plane)
-    g_z[0, :, :valid] = src
-    g_z[1, :, :valid, ..., 0] = src[..., 1]
-    torch.neg(src[..., 0], out=g_z[1, :, :valid, ..., 1])
-    return g_z.view(2 * channels, stop - start, -1)
-
-
-class _ComplexFsmnFunction(torch.autograd.Function):
-    """Both real FSMNs on both planes, X + P + memory(P), combined as in ``_complex_fsmn``.
-
-    Inputs: x (B, S, W, 2C); w_lin (2H, C + 1) (bias as last column); w_proj (2, C, H);
-    taps (2C, K) with +1 on the current step; the memory block length Q.
-    Works on a channel-major copy of x, cols (C + 1, S_pad, B, W, plane) whose last row is
-    ones, chunk by chunk along S.  Only cols is kept for the backward, which recomputes the
-    hidden layer and projection per chunk: the FSMNs keep 1 instead of 5 input-sized maps
-    for the backward, and no large temporary is ever allocated.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w_lin, w_proj, taps, block):
-        batch, seq, width, channels2 = x.shape
-        channels, hidden, lorder = channels2 // 2, w_proj.shape[2], taps.shape[1]
-        padded = math.ceil(seq / block) * block  # whole blocks (causal: the tail is discarded)
-        cols = x.new_empty(channels + 1, padded, batch, width, 2)  # (C + 1, S_pad, B, W, plane)
-        cols[channels] = 1.0  # multiplies the bias column of w_lin
-        cols[:channels, seq:] = 0.0
-        _transpose_channels(x.reshape(batch, seq, width, 2, channels), cols[:channels, :seq])
-        band = _memory_band(taps, block)  # (2C, Q, Q + K - 1)
-        out_cm = x.new_empty(channels, batch, seq, width, 2)  # output, channel-major
-        before = None  # p of the K - 1 steps before the chunk
-        for start, stop in _fsmn_row_chunks(padded, block, batch * width * 2):
-            xc = cols[:, start:stop].view(channels + 1, -1)  # (C + 1, n)
-            h = torch.mm(w_lin, xc).relu_()  # (2H, n)
-            p = torch.bmm(w_proj, h.view(2, hidden, -1)).view(channels2, stop - start, -1)
-            z = _causal_memory(p, band, before)  # (2C, rows, BW2): P + memory(P)
-            before = p[:, stop - start - lorder + 1 :].clone() if lorder > 1 else None
-            z.view(2, channels, -1).add_(xc[:channels])  # + X: fsmn_re(x_plane), fsmn_im(x_plane)
-            valid = min(stop, seq) - start
-            z = z.view(2, channels, stop - start, batch, width, 2)[:, :, :valid]
-            dst = out_cm[:, :, start : start + valid].transpose(1, 2)  # (C, rows, B, W, plane)
-            torch.sub(z[0, ..., 0], z[1, ..., 1], out=dst[..., 0])  # real
-            torch.add(z[0, ..., 1], z[1, ..., 0], out=dst[..., 1])  # imag
-        out = x.new_empty(batch, seq, width, 2, channels)
-        out.view(-1, channels).copy_(out_cm.view(channels, -1).t())  # blocked 2-D transpose
-        ctx.save_for_backward(cols, w_lin, w_proj, band)
-        ctx.seq = seq
-        return out.view(batch, seq, width, channels2)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # grad: (B, S, W, 2C)
-        cols, w_lin, w_proj, band = ctx.saved_tensors
-        seq, (_, padded, batch, width, _) = ctx.seq, cols.shape
-        channels, hidden = w_proj.shape[1], w_proj.shape[2]
-        block, lorder = band.shape[1], band.shape[2] - band.shape[1] + 1
-        g_cm = grad.new_empty(channels, batch, seq, width, 2)  # output gradient, channel-major
-        g_cm.view(channels, -1).copy_(grad.reshape(-1, channels).t())
-        gx_cm = torch.empty_like(g_cm)  # input gradient, channel-major
-        g_w_lin, g_w_proj, g_band = torch.zeros_like(w_lin), torch.zeros_like(w_proj), torch.zeros_like(band)
-        before = None
-        for start, stop in _fsmn_row_chunks(padded, block, batch * width * 2):
-            xc = cols[:, start:stop].view(channels + 1, -1)  # (C + 1, n)
-            h = torch.mm(w_lin, xc).relu_()  # recomputed hidden layer (2H, n)
-            p = torch.bmm(w_proj, h.view(2, hidden, -1)).view(2 * channels, stop - start, -1)
-            g_z = _output_grad_rows(g_cm, start, stop)  # (2C, rows, BW2)
-            after = _output_grad_rows(g_cm, stop, stop + block) if stop < padded else None
-            g_p, g_band_c = _causal_memory_backward(g_z, p, band, before, after)
-            g_band += g_band_c
-            before = p[:, stop - start - lorder + 1 :].clone() if lorder > 1 else None
-            g_p = g_p.view(2, channels, -1)
-            g_w_proj.baddbmm_(g_p, h.view(2, hidden, -1).transpose(1, 2))  # (2, C, H)
-            g_h = torch.bmm(w_proj.transpose(1, 2), g_p).view(2 * hidden, -1)  # (2H, n)
-            torch.ops.aten.threshold_backward.grad_input(g_h, h, 0, grad_input=g_h)  # ReLU
-            g_w_lin.addmm_(g_h, xc.t())  # (2H, C + 1)
-            g_z = g_z.view(2, channels, -1)
-            g_cols = torch.addmm(g_z[0] + g_z[1], w_lin[:, :channels].t(), g_h)  # (C, n)
-            valid = min(stop, seq) - start
-            g_cols = g_cols.view(channels, stop - start, batch, width, 2)[:, :valid]
-            gx_cm[:, :, start : start + valid].transpose(1, 2).copy_(g_cols)
-        g_x = grad.new_empty(batch, seq, width, 2 * channels)
-        g_x.view(-1, channels).copy_(gx_cm.view(channels, -1).t())  # blocked 2-D transpose
-        shifts = _band_shifts(block, lorder, band.dtype, band.device)
-        g_taps = g_band.view(band.shape[0], -1) @ shifts.t()  # (2C, K)
-        return g_x, g_w_lin, g_w_proj, g_taps, None
-
-
-def _fsmn_weights(fsmn_re: UniDeepFsmn, fsmn_im: UniDeepFsmn):
-    """Both real FSMNs' weights stacked: linear with its bias as an extra column (2H, C + 1),
-    project (2, C, H) and the memory taps (2C, K) with +1 on the current step (the P term of
-    X + P + memory(P))."""
-    w_lin = torch.cat([torch.cat([fsmn_re.linear.weight, fsmn_im.linear.weight]),
-                       torch.cat([fsmn_re.linear.bias, fsmn_im.linear.bias])[:, None]], 1)
-    w_proj = torch.stack([fsmn_re.project.weight, fsmn_im.project.weight])
-    taps = torch.cat([fsmn_re.conv1.weight, fsmn_im.conv1.weight]).flatten(1)
-    current = torch.zeros_like(taps[0])
-    current[-1] = 1.0
-    return w_lin, w_proj, taps + current
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, S, C)
+        p = self.project(F.relu(self.linear(x)))  # (N, S, C)
+        lorder = self.conv1.kernel_size[0]
+        p4 = p.transpose(1, 2).unsqueeze(-1)  # (N, C, S, 1)
+        memory = self.conv1(F.pad(p4, [0, 0, lorder - 1, 0]))  # (N, C, S, 1): steps s - K + 1 .. s
+        return x + (p4 + memory).squeeze(-1).transpose(1, 2)  # (N, S, C)
 
 
 @float32  # under autocast the FSMN (sums over 20 steps of memory) stays in float32
-def _complex_fsmn(x: torch.Tensor, owner: nn.Module, layer: str) -> torch.Tensor:
-    """real = fsmn_re(x_r) - fsmn_im(x_i), imag = fsmn_re(x_i) + fsmn_im(x_r), with the real
-    FSMNs ``owner.fsmn_re_<layer>``, ``owner.fsmn_im_<layer>``.
-
-    x: (B, S, W, 2C), memory along S (causal, K steps), W is batch-like.
-    The four real FSMN applications (2 FSMNs x 2 planes) run as three matrix products on a
-    channel-major copy (C + 1, S, B, W, plane) of x: one holds both FSMNs' ``linear`` layers
-    (bias via a row of ones), one (batched) both ``project`` layers and one (batched over
-    channels) the memories as banded matrices (``_causal_memory``), with the P term folded in
-    as +1 on the current-step tap.  See ``_ComplexFsmnFunction``.
-    """
-    fsmn_re, fsmn_im = getattr(owner, f"fsmn_re_{layer}"), getattr(owner, f"fsmn_im_{layer}")
-    sources = list(fsmn_re.parameters()) + list(fsmn_im.parameters())
-    w_lin, w_proj, taps = _reuse(owner, layer, sources, lambda: _fsmn_weights(fsmn_re, fsmn_im))
-    block = _memory_block(x.shape[1], taps.shape[1], x.shape[0] * x.shape[2] * 2)
-    return _ComplexFsmnFunction.apply(x, w_lin, w_proj, taps, block)  # (B, S, W, 2C)
+def _complex_fsmn(fsmn_re: UniDeepFsmn, fsmn_im: UniDeepFsmn, x: torch.Tensor) -> torch.Tensor:
+    """Complex FSMN on sequences (N, S, 2C) -> (N, S, 2C), memory along S."""
+    real, imag = _complex_apply(fsmn_re, fsmn_im, *_planes(x, -1))  # (N, S, C) each
+    return torch.cat([real, imag], -1)  # (N, S, 2C)
 
 
 class ComplexFsmnL1(nn.Module):
-    """Frequency FSMN (paper's frequency recurrence): memory along F, features = channels."""
+    """Frequency FSMN (paper's frequency recurrence): memory along F, one sequence per frame."""
 
     def __init__(self, channels: int, hidden: int, lorder: int):
         super().__init__()
         self.fsmn_re_L1 = UniDeepFsmn(channels, hidden, lorder)
         self.fsmn_im_L1 = UniDeepFsmn(channels, hidden, lorder)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2C) -> same
-        return _complex_fsmn(x, self, "L1")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, F, T)
+        batch, channels2, freq, frames = x.shape
+        seq = x.permute(0, 3, 2, 1).reshape(batch * frames, freq, channels2)  # (B T, F, 2C)
+        y = _complex_fsmn(self.fsmn_re_L1, self.fsmn_im_L1, seq)  # (B T, F, 2C)
+        return y.view(batch, frames, freq, channels2).permute(0, 3, 2, 1)  # (B, 2C, F, T)
 
 
 class ComplexFsmn(nn.Module):
@@ -630,14 +328,13 @@ class ComplexFsmn(nn.Module):
         self.fsmn_re_L2 = UniDeepFsmn(channels, hidden, lorder)
         self.fsmn_im_L2 = UniDeepFsmn(channels, hidden, lorder)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T, 2C)
-        batch, freq, frames, channels2 = x.shape
-        if freq != 1:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, 1, T)
+        if x.shape[2] != 1:
             raise ValueError(f"bottleneck FSMN needs F = 1, got shape {tuple(x.shape)}")
-        h = x.view(batch, frames, 1, channels2)  # (B, T, 1, 2C): sequence axis = time
-        h = _complex_fsmn(h, self, "L1")  # (B, T, 1, 2C)
-        h = _complex_fsmn(h, self, "L2")  # (B, T, 1, 2C)
-        return h.view(batch, 1, frames, channels2)  # (B, 1, T, 2C)
+        seq = x.squeeze(2).transpose(1, 2)  # (B, T, 2C): sequence axis = time
+        seq = _complex_fsmn(self.fsmn_re_L1, self.fsmn_im_L1, seq)  # (B, T, 2C)
+        seq = _complex_fsmn(self.fsmn_re_L2, self.fsmn_im_L2, seq)  # (B, T, 2C)
+        return seq.transpose(1, 2).unsqueeze(2)  # (B, 2C, 1, T)
 
 
 class ComplexSELayer(nn.Module):
@@ -659,19 +356,15 @@ class ComplexSELayer(nn.Module):
 
     def gate(self, pooled: torch.Tensor) -> torch.Tensor:
         """Complex gate from pooled features: (..., 2C) [a_r, a_i] -> (..., 2C) [s_r, s_i]."""
-        pooled = pooled.unflatten(-1, (2, -1))  # (..., 2, C): a_r, a_i
-        g_r = self.fc_r(pooled)  # (..., 2, C): fc_r(a_r), fc_r(a_i)
-        g_i = self.fc_i(pooled)  # (..., 2, C): fc_i(a_r), fc_i(a_i)
-        gate_r = g_r[..., 0, :] - g_i[..., 1, :]  # (..., C)
-        gate_i = g_r[..., 1, :] + g_i[..., 0, :]  # (..., C)
+        gate_r, gate_i = _complex_apply(self.fc_r, self.fc_i, *_planes(pooled, -1))  # (..., C) each
         return torch.cat([gate_r, gate_i], -1)  # (..., 2C)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2C)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2C, F, T)
         if self.time_decay is None:
-            gate = self.gate(x.mean(dim=(1, 2)))  # (B, 2C): one gate per utterance
-            return x * gate[:, None, None, :]  # (B, F, T, 2C)
-        pooled = causal_time_mean(x.mean(dim=1), self.time_decay)  # (B, T, 2C)
-        return x * self.gate(pooled)[:, None]  # (B, F, T, 2C): one gate per frame
+            gate = self.gate(x.mean(dim=(2, 3)))  # (B, 2C): one gate per utterance
+            return x * gate[:, :, None, None]  # (B, 2C, F, T)
+        pooled = causal_time_mean(x.mean(dim=2).transpose(1, 2), self.time_decay)  # (B, T, 2C)
+        return x * self.gate(pooled).transpose(1, 2)[:, :, None, :]  # (B, 2C, F, T): a gate per frame
 
 
 @float32  # under autocast the running sums (up to thousands of frames) stay in float32
@@ -702,17 +395,18 @@ def causal_time_mean(x: torch.Tensor, decay: float) -> torch.Tensor:
     return torch.cat(parts, 1) / den[:, None]  # (B, T, D)
 
 
+
+
 def _complex_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Concatenate two complex maps along the complex channel axis: [a_r, b_r, a_i, b_i]."""
-    batch, freq, frames, _ = a.shape
-    return torch.cat([a.view(batch, freq, frames, 2, -1), b.view(batch, freq, frames, 2, -1)],
-                     4).view(batch, freq, frames, -1)  # (B, F, T, 2(Ca + Cb))
+    """Concatenate two complex maps along the channel axis: [a_r, b_r, a_i, b_i]."""
+    (a_r, a_i), (b_r, b_i) = _planes(a), _planes(b)
+    return torch.cat([a_r, b_r, a_i, b_i], 1)  # (B, 2(Ca + Cb), F, T)
 
 
 class ComplexUNet(nn.Module):
     """One complex U-Net, modules registered in the release state-dict order.
 
-    (B, F, T, 2) 1-channel complex map -> same shape.
+    (B, 2, F, T) 1-channel complex map -> same shape.
     """
 
     def __init__(self, channels: int, fsmn_hidden: int, se_reduction: int, lorder: int,
@@ -732,26 +426,26 @@ class ComplexUNet(nn.Module):
                 self.add_module(f"se_layer_dec{i}", ComplexSELayer(channels, se_reduction, decay))
         self.linear = ComplexConv2d(1, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, T, 2)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2, F, T)
         # frame counts below are the released (non-causal) ones; causal layers all keep T
         skips = []
         h = x
         for i in range(_DEPTH):
             if i > 0:  # fsmn_enc0 is never used
-                h = getattr(self, f"fsmn_enc{i}")(h)  # (B, F_i, T + i, 2C)
-            h = getattr(self, f"encoder{i}")(h)  # (B, F_{i+1}, T + i + 1, 2C)
+                h = getattr(self, f"fsmn_enc{i}")(h)  # (B, 2C, F_i, T + i)
+            h = getattr(self, f"encoder{i}")(h)  # (B, 2C, F_{i+1}, T + i + 1)
             if i < _DEPTH - 1:  # se_layer_enc6's output is never used
                 skips.append(getattr(self, f"se_layer_enc{i}")(h))
-        p = self.fsmn(h)  # (B, 1, T + 7, 2C)
+        p = self.fsmn(h)  # (B, 2C, 1, T + 7)
         for i in range(_DEPTH):
-            p = getattr(self, f"decoder{i}")(p)  # (B, F, T + 6 - i, 2C); last: (B, F, T, 2)
+            p = getattr(self, f"decoder{i}")(p)  # (B, 2C, F_{6-i}, T + 6 - i); last: (B, 2, F, T)
             if i == _DEPTH - 1:
                 break
             p = getattr(self, f"fsmn_dec{i}")(p)
             if i < _DEPTH - 2:  # se_layer_dec5 is never used
                 p = getattr(self, f"se_layer_dec{i}")(p)
-            p = _complex_cat(p, skips[_DEPTH - 2 - i])  # (B, F, T + 6 - i, 4C)
-        return self.linear(p)  # (B, F, T, 2)
+            p = _complex_cat(p, skips[_DEPTH - 2 - i])  # (B, 4C, F_{6-i}, T + 6 - i)
+        return self.linear(p)  # (B, 2, F, T)
 
 
 def _frequency_sizes(bins: int) -> list[int]:
@@ -850,19 +544,6 @@ class FRCRN(nn.Module):
         self.unet = ComplexUNet(channels, hidden, se_reduction, lorder, self.causal, self.se_time_decay)
         self.unet2 = ComplexUNet(channels, hidden, se_reduction, lorder, self.causal, self.se_time_decay)
 
-    def train(self, mode: bool = True):
-        self._drop_reused()
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._drop_reused()
-        return super()._apply(fn, *args, **kwargs)
-
-    def _drop_reused(self) -> None:
-        """Forget the inference-time derived weights (see ``_reuse``)."""
-        for module in self.modules():
-            module.__dict__.pop("_reused", None)
-
     # -- construction from configs --------------------------------------------------------
     _CONFIG_KEYS = ("win_len", "win_inc", "fft_len", "win_type")
     _NETWORK_KWARGS = ("channels", "fsmn_hidden", "se_reduction", "lorder", "causal", "se_time_constant")
@@ -956,9 +637,9 @@ class FRCRN(nn.Module):
             raise ValueError(f"FRCRN needs at least {self.win_len} samples, got shape {tuple(x.shape)}")
         spec = self.stft(x)  # (B, 2F, T)
         batch, bins2, frames = spec.shape
-        noisy = spec.view(batch, 2, bins2 // 2, frames)  # (B, 2, F, T): real, imag planes
-        u1 = self.unet(_channels_last(noisy))  # (B, F, T, 2): 1-channel complex map
-        u2 = self.unet2(u1)  # (B, F, T, 2): fed the raw first-U-Net output
+        noisy = spec.view(batch, 2, bins2 // 2, frames)  # (B, 2, F, T): 1-channel complex map
+        u1 = self.unet(noisy)  # (B, 2, F, T)
+        u2 = self.unet2(u1)  # (B, 2, F, T): fed the raw first-U-Net output
         est_spec, mask = _apply_mask(noisy, u1, u2)  # (B, 2F, T) each
         return [est_spec, self.istft(est_spec), mask]  # est_wav: (B, L')
 
@@ -1081,11 +762,11 @@ class FRCRN(nn.Module):
 def _apply_mask(noisy: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor):
     """Complex mask tanh(U2) + tanh(U1) (each part in (-2, 2)) times the noisy spectrum.
 
-    noisy: (B, 2, F, T) real/imag planes; u1, u2: (B, F, T, 2) U-Net outputs.
+    noisy, u1, u2: (B, 2, F, T) real/imag planes (u1, u2 the U-Net outputs).
     Returns (est_spec, mask), both (B, 2F, T) as [real rows ; imag rows].
     """
     batch, _, bins, frames = noisy.shape
-    mask = (torch.tanh(u2) + torch.tanh(u1)).permute(0, 3, 1, 2)  # (B, 2, F, T)
+    mask = torch.tanh(u2) + torch.tanh(u1)  # (B, 2, F, T)
     s_r, s_i, m_r, m_i = noisy[:, 0], noisy[:, 1], mask[:, 0], mask[:, 1]  # (B, F, T)
     est_spec = torch.cat([s_r * m_r - s_i * m_i, s_r * m_i + s_i * m_r], 1)  # (B, 2F, T)
     return est_spec, mask.reshape(batch, 2 * bins, frames)
