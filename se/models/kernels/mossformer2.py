@@ -54,8 +54,20 @@ def _dw_grad_input(grad: torch.Tensor, weight: torch.Tensor, padding: int) -> to
     return _dw_conv_cl(grad, weight.reshape(weight.shape[0], 1, 1, -1).flip(-1), padding)
 
 
-def _dw_grad_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-    """Weight gradient of the depthwise conv, (B, S, C) grad and input -> weight.shape."""
+def _dw_grad_weight_plain(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """dw[c, k] = sum_{b, s} grad[b, s, c] x_padded[b, s + k, c] (public ops only) -> weight.shape."""
+    K = weight.shape[2]
+    windows = F.pad(x, (0, 0, padding, padding)).unfold(1, K, 1)  # (B, S, C, K)
+    return torch.einsum("bsck,bsc->ck", windows, grad).reshape(weight.shape)
+
+
+def _silu_grad_plain(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d silu(y) = sigmoid(y) (1 + y (1 - sigmoid(y))) (public ops only)."""
+    sig = torch.sigmoid(y)
+    return grad * sig * (1.0 + y * (1.0 - sig))
+
+
+def _dw_grad_weight_aten(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
     C, K = weight.shape[0], weight.shape[2]
     mask = [False, True, False]
     if K <= _CL_WEIGHT_GRAD_MAX_K:
@@ -67,6 +79,38 @@ def _dw_grad_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, p
             grad.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), weight.reshape(C, 1, K),
             None, [1], [padding], [1], False, [0], C, mask)[1]  # (C, 1, K)
     return grad_w.reshape(weight.shape)
+
+
+def _probe_aten() -> bool:
+    """True when the aten backward ops used below exist and agree with the plain formulas
+    (a torch upgrade may rename or change them; then the plain formulas are used)."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        grad, x = torch.randn(2, 9, 3, generator=g), torch.randn(2, 9, 3, generator=g)
+        ok = True
+        for K in (3, _CL_WEIGHT_GRAD_MAX_K + 2):
+            w = torch.zeros(3, 1, K)
+            ok &= torch.allclose(_dw_grad_weight_aten(grad, x, w, K // 2),
+                                 _dw_grad_weight_plain(grad, x, w, K // 2), atol=1e-4)
+        ok &= torch.allclose(torch.ops.aten.silu_backward(grad, x), _silu_grad_plain(grad, x), atol=1e-5)
+        return bool(ok)
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
+_ATEN = _probe_aten()
+
+
+def _dw_grad_weight(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """Weight gradient of the depthwise conv, (B, S, C) grad and input -> weight.shape: oneDNN's
+    backward-weights kernel through aten.convolution_backward, or the plain formula."""
+    if _ATEN:
+        return _dw_grad_weight_aten(grad, x, weight, padding)
+    return _dw_grad_weight_plain(grad, x, weight, padding)
+
+
+def _silu_grad(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.silu_backward(grad, y) if _ATEN else _silu_grad_plain(grad, y)
 
 
 class _DepthwiseConvSeq(torch.autograd.Function):
@@ -156,7 +200,7 @@ class _FFConvMCore(torch.autograd.Function):
         grad_conv_w = _dw_grad_weight(grad, h, conv_weight, ctx.padding) if ctx.needs_input_grad[3] else None
         grad_h = _dw_grad_input(grad, conv_weight, ctx.padding).add_(grad)  # residual
         del h, grad
-        grad_y = torch.ops.aten.silu_backward(grad_h, y)  # (B, S, N)
+        grad_y = _silu_grad(grad_h, y)  # (B, S, N)
         del grad_h
         g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
         x2 = xn.reshape(-1, xn.shape[-1])  # (M, K)
