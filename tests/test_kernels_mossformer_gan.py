@@ -3,6 +3,7 @@
 accelerated generator; state-dict round trips; the fallback when oneDNN's private op is missing.
 """
 
+import copy
 import types
 
 import numpy as np
@@ -36,15 +37,12 @@ def _randn(*shape, seed=0):
 
 def _fast_copy(module: nn.Module) -> nn.Module:
     """An accelerated deep copy of a reference module (same parameter values)."""
-    import copy
-
     return K.accelerate(copy.deepcopy(module))
 
 
 def _check_module(ref: nn.Module, fast: nn.Module, *inputs, grad=True):
     """Forward and gradients (inputs and parameters) of fast equal ref's within TOL."""
-    assert type(fast) is not type(ref) or any(type(a) is not type(b) for a, b in
-                                              zip(fast.modules(), ref.modules())), "nothing swapped"
+    assert any(type(a) in K.KERNEL_CLASSES.values() for a in fast.modules()), "nothing swapped"
     leaves_r = [x.clone().requires_grad_(grad) for x in inputs]
     leaves_f = [x.clone().requires_grad_(grad) for x in inputs]
     yr, yf = ref(*leaves_r), fast(*leaves_f)
