@@ -423,3 +423,22 @@ def test_from_config_and_errors():
         disc(torch.zeros(1, 1, 201, 10), torch.zeros(1, 1, 201, 10))
     with pytest.raises(ValueError, match="gan_loss_mode"):
         _step("cmgan")
+
+
+# ---------------------------------------------------------------------------------- memory
+def test_freed_heap_is_released_between_steps_not_inside_forward(monkeypatch):
+    """malloc_trim is the training loop's call after an update (se.allocator), never the network's."""
+    from se import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "release_free_memory", lambda: calls.append(1) or True)
+    step = _step()
+    noisy, clean = _pair(1, seconds=0.5, seed=7)
+    step.micro_step(noisy, clean, 1.0)
+    step.update()
+    assert calls == []  # nothing inside the forward / backward
+    monkeypatch.setattr(allocator, "_applied", None)  # malloc not tuned: nothing to release
+    assert allocator.release_after_step(torch.device("cpu")) is False
+    monkeypatch.setattr(allocator, "_applied", allocator.DEFAULT_TRIM_THRESHOLD)
+    assert allocator.release_after_step(torch.device("cuda", 0)) is False and calls == []
+    assert allocator.release_after_step(torch.device("cpu")) is True and calls == [1]
