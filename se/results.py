@@ -21,22 +21,13 @@ import math
 import os
 from pathlib import Path
 
+from se.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported: the one atomic writer)
+
 # Packages whose versions go into summary.json and RESULTS.md (se.provenance.versions).
 VERSIONED_PACKAGES = (
     "torch", "torchaudio", "numpy", "scipy", "soundfile", "pesq", "pystoi", "fast_bss_eval",
     "speechmos", "onnxruntime", "librosa",
 )  # fmt: skip
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """se.atomic.atomic_write_bytes (the one atomic writer), imported when first used."""
-    from se.atomic import atomic_write_bytes as write
-
-    write(path, data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def format_value(v: float) -> str:
