@@ -356,3 +356,73 @@ def test_make_results(data, tmp_path, capsys):
     shutil.rmtree(exp / "scores" / "vb_test" / "noisy")
     assert make_results.main(["--exp-dir", str(exp)]) == 1
     assert "noisy/summary.json: not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the metric table
+
+
+def test_columns_groups_and_help_come_from_the_table(data, tmp_path, capsys):
+    from se.metrics import METRICS, groups
+
+    table = [m.column for m in METRICS]
+    out = tmp_path / "all"
+    assert _score(capsys, "--ref", str(data["scp"]["clean"]), "--est", str(data["scp"]["enhanced"]),
+                  "--out-dir", str(out), "--metrics", "all", "--nj", "1")[0] == 0  # fmt: skip
+    assert read_scores_tsv(out / "scores.tsv")[0] == table
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["metrics"]) == table
+    assert set(summary["rates"]) == set(table) | {"native", "resampler"}
+    help_text = " ".join(score_cli.build_parser().format_help().split())
+    families = {m.group for m in METRICS}
+    assert set(groups()) == {"all", "noref", "nodnsmos"} | (families - set(table))
+    for g, cols in groups().items():
+        assert (f"{g}: " + ", ".join(cols) in help_text) or g == "all", g
+    for m in METRICS:  # every column, its rate and its description
+        assert f"{m.column} {' '.join(m.description.split())}" in help_text, m.column
+
+
+def test_a_new_row_in_the_table_is_scored_and_described(data, tmp_path, capsys, monkeypatch):
+    """Adding a metric = a function and a row: it appears in scores.tsv, --help and RESULTS.md."""
+    import se.metrics
+    from se.metrics import Metric
+
+    def peak_ratio(ref, est, fs):  # computed on 8 kHz copies
+        assert fs == 8000
+        return float(np.max(np.abs(est)) / np.max(np.abs(ref)))
+
+    row = Metric("peak_ratio", "peaks", 8000, peak_ratio, "ratio of the peaks (a test metric)")
+    monkeypatch.setattr(se.metrics, "METRICS", se.metrics.METRICS + (row,))
+    assert "peaks: peak_ratio" in " ".join(score_cli.build_parser().format_help().split())
+    exp = tmp_path / "exp"
+    for kind in ("noisy", "enhanced"):
+        assert _score(capsys, "--ref", str(data["scp"]["clean"]), "--est", str(data["scp"][kind]),
+                      "--out-dir", str(exp / "scores" / "t" / kind), "--metrics", "si_sdr,peaks", "--nj", "1")[0] == 0
+    columns, rows = read_scores_tsv(exp / "scores" / "t" / "enhanced" / "scores.tsv")
+    assert columns == ["si_sdr", "peak_ratio"]
+    ref, _ = sf.read(data["files"]["clean"]["utt_a"], dtype="float64")
+    est, _ = sf.read(data["files"]["enhanced"]["utt_a"], dtype="float64")
+    r8, e8 = resample(ref, FS, 8000), resample(est, FS, 8000)
+    assert rows["utt_a"]["peak_ratio"] == np.max(np.abs(e8)) / np.max(np.abs(r8))
+    summary = json.loads((exp / "scores" / "t" / "enhanced" / "summary.json").read_text())
+    assert summary["rates"]["peak_ratio"] == 8000
+    assert make_results.main(["--exp-dir", str(exp)]) == 0
+    text = (exp / "RESULTS.md").read_text()
+    assert "- `peak_ratio`: ratio of the peaks (a test metric); 8 kHz copy" in text
+    assert "peak_ratio at 8 kHz copies" in text
+
+
+def test_results_md_descriptions_are_the_tables(data, tmp_path, capsys, monkeypatch):
+    import se.metrics
+    from dataclasses import replace
+
+    exp = tmp_path / "exp"
+    for kind in ("noisy", "enhanced"):
+        assert _score(capsys, "--ref", str(data["scp"]["clean"]), "--est", str(data["scp"][kind]),
+                      "--out-dir", str(exp / "scores" / "t" / kind), "--metrics", "pesq_wb,si_sdr", "--nj", "1")[0] == 0
+    changed = tuple(replace(m, description="CHANGED " + m.column) for m in se.metrics.METRICS)
+    monkeypatch.setattr(se.metrics, "METRICS", changed)
+    assert make_results.main(["--exp-dir", str(exp)]) == 0
+    text = (exp / "RESULTS.md").read_text()
+    assert "- `pesq_wb`: CHANGED pesq_wb; 16 kHz copy, never upsampled" in text
+    assert "- `si_sdr`: CHANGED si_sdr; native rate" in text
+    assert "CHANGED stoi" not in text  # only the scored columns are described

@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out-dir", required=True, help="output directory D")
     add("--metrics", default=None,
         help=f"comma list of columns ({', '.join(columns())}) or groups "
-        f"({'; '.join(f'{g}: ' + ','.join(c) for g, c in groups().items() if g != 'all')}; all) "
+        f"({'; '.join(f'{g}: ' + ', '.join(c) for g, c in groups().items() if g != 'all')}; all: every column) "
         "(default: all; noref without --ref)")
     add("--nj", type=positive_int, default=_cores(), help="parallel processes (default: cores)")
     add("--fs", type=positive_int, default=None,

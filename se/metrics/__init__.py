@@ -36,7 +36,7 @@ class Metric:
     """
 
     column: str
-    group: str  # a --metrics name that selects the family
+    group: str  # family: a --metrics name that selects it, unless it is also a column's name
     rate: int | None
     function: Callable
     description: str
@@ -102,8 +102,8 @@ def _groups(metrics: tuple[Metric, ...]) -> dict[str, tuple[str, ...]]:
         groups[m.group] = groups.get(m.group, ()) + (m.column,)
     groups["noref"] = tuple(m.column for m in metrics if not m.reference)  # DNSMOS and PLCMOS
     groups["nodnsmos"] = tuple(m.column for m in metrics if m.reference)  # every reference-based metric
-    # a family named like a column (lsd, plcmos) is that column: not listed as a group
-    return {g: cols for g, cols in groups.items() if g not in columns or cols == (g,)}
+    # a family named like one of its columns (stoi, lsd, plcmos) is not a group: the name is the column
+    return {g: cols for g, cols in groups.items() if g not in columns}
 
 
 def check_table(metrics: tuple[Metric, ...]) -> None:
@@ -117,8 +117,8 @@ def check_table(metrics: tuple[Metric, ...]) -> None:
                 raise ValueError(f"metric {m.column} needs {need}, which must be an earlier reference metric")
         seen[m.column] = m
     for m in metrics:
-        if m.column in _groups(metrics) and _groups(metrics)[m.column] != (m.column,):
-            raise ValueError(f"group {m.column} has the name of a column")
+        if m.group in seen and seen[m.group].group != m.group:
+            raise ValueError(f"family {m.group} of {m.column} has the name of a column of another family")
 
 
 check_table(METRICS)
