@@ -263,3 +263,21 @@ def test_parse_metrics():
         parse_metrics("pesq_xx")
     with pytest.raises(ValueError):
         parse_metrics(" , ")
+
+
+def test_table_consistency_checks():
+    from dataclasses import replace
+
+    from se.metrics import METRICS, check_table
+
+    check_table(METRICS)
+    with pytest.raises(ValueError, match="stoi is in the table twice"):
+        check_table(METRICS + (METRICS[2],))
+    composite_first = tuple(m for m in METRICS if m.column == "csig") + METRICS
+    with pytest.raises(ValueError, match="csig needs pesq_wb"):
+        check_table(composite_first)
+    with pytest.raises(ValueError, match="family si_sdr of snr"):
+        check_table(tuple(replace(m, group="si_sdr") if m.column == "snr" else m for m in METRICS))
+    # a family named like one of its own columns is that column, not a group
+    assert "stoi" not in groups() and parse_metrics("stoi") == ["stoi"]
+    assert groups()["energy"] == ("si_sdr", "snr", "sdr")

@@ -50,7 +50,6 @@ _LOIZOU = "Loizou's composite.m (2nd ed.)"
 _DNSMOS = "no reference, speechmos ONNX models (Reddy 2022), no level normalisation"
 
 
-
 def _dnsmos(ref, est, fs: int) -> dict[str, float]:  # one call gives the four DNSMOS columns
     return dnsmos.dnsmos(est)
 
@@ -116,7 +115,7 @@ def check_table(metrics: tuple[Metric, ...]) -> None:
             if need not in seen or not seen[need].reference:
                 raise ValueError(f"metric {m.column} needs {need}, which must be an earlier reference metric")
         seen[m.column] = m
-    for m in metrics:
+    for m in metrics:  # all rows known now: a family may be named like a later column
         if m.group in seen and seen[m.group].group != m.group:
             raise ValueError(f"family {m.group} of {m.column} has the name of a column of another family")
 
