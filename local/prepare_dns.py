@@ -66,6 +66,7 @@ from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from se import cli  # noqa: E402
+from se.atomic import publish  # noqa: E402
 
 log = logging.getLogger("prepare_dns")
 
@@ -216,7 +217,7 @@ def unpack(root: Path, subset: str, archives: list[Path]) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         shutil.rmtree(target)
-    tmp.rename(target)
+    publish(tmp, target)  # se.atomic: rename + fsync of the parent dir
     log.info("%s: %d audio files, checksums OK -> %s", subset, n_audio, target)
     return n_audio
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from se.atomic import _atomic, atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
+from se.atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from se.cli import UserError
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class CheckpointError(UserError, ValueError):
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def checkpoint_name(epoch: int, step: int) -> str:

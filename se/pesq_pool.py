@@ -12,7 +12,7 @@ once (per worker count) and reused for the whole run, and jobs are submitted asy
 Items whose PESQ cannot be computed (silent reference -> the package raises, non-finite
 samples, too short, ...) get NaN; the caller decides what to do with them.
 
-The workers import only numpy and pesq (never torch).  They are started with the
+The workers import only numpy, soxr and pesq (never torch): ``pesq_one`` is the scorer's PESQ.  They are started with the
 'forkserver' method (not 'fork': forking a process that runs OpenMP/torch threads is unsafe),
 so, as for any multiprocessing user, a training *script* must guard its entry point with
 ``if __name__ == "__main__":`` (``python -m se.bin...`` modules do).
@@ -31,19 +31,17 @@ import numpy as np
 
 
 def pesq_one(ref: np.ndarray, est: np.ndarray, fs: int = 16000) -> float:
-    """Wide-band (16 kHz) or narrow-band (8 kHz) PESQ of one pair; NaN when it fails."""
-    from pesq import pesq  # imported in the worker
+    """PESQ of one pair at ``fs`` Hz exactly as se.bin.score computes it (se.metrics.metric_value):
+    wideband (``pesq_wb``, on a 16 kHz copy) for ``fs`` >= 16 kHz, else narrowband (``pesq_nb``,
+    on an 8 kHz copy); NaN when it is undefined (silence, too short, non-finite samples)."""
+    from se.metrics import metric_value  # numpy, soxr and pesq: no torch in the workers
 
-    ref = np.asarray(ref, dtype=np.float32)
-    est = np.asarray(est, dtype=np.float32)
-    n = min(ref.shape[-1], est.shape[-1])
-    ref, est = ref[..., :n], est[..., :n]
-    if n == 0 or not (np.isfinite(ref).all() and np.isfinite(est).all()):
+    ref = np.asarray(ref, dtype=np.float64).reshape(-1)
+    est = np.asarray(est, dtype=np.float64).reshape(-1)
+    n = min(len(ref), len(est))
+    if n == 0:
         return float("nan")
-    try:
-        return float(pesq(fs, ref, est, "wb" if fs == 16000 else "nb"))
-    except Exception:  # NoUtterancesError (silence), BufferTooShortError, ...
-        return float("nan")
+    return metric_value("pesq_wb" if fs >= 16000 else "pesq_nb", ref[:n], est[:n], fs)
 
 
 class PesqJob:

@@ -1,19 +1,27 @@
-"""High-quality resampling (soxr 'VHQ'), used in data preparation and at enhancement I/O only.
+"""THE resampler of the code base: soxr 'VHQ' (very high quality), for everything.
 
-Training never resamples: data directories are prepared at the network's rate.
+Data preparation (once per corpus), enhancement I/O at another rate than the network's, the
+copies the metrics are computed on (se.metrics: PESQ WB at 16 kHz, PESQ NB at 8 kHz, ...) and
+so the PESQ logged during training all resample with ``resample``. Training itself never
+resamples: data directories are prepared at the network's rate.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import numpy as np
 import soxr
 
+RESAMPLER = f"soxr {version('soxr')} VHQ (se.resample)"
+
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """``x`` (1-D, or 2-D with time first) from ``rate_in`` to ``rate_out`` Hz, float64;
+    the input itself when the rates are equal."""
     if rate_in == rate_out:
         return np.asarray(x)
-    y = soxr.resample(np.asarray(x, dtype=np.float64), rate_in, rate_out, quality="VHQ")
-    return y
+    return soxr.resample(np.asarray(x, dtype=np.float64), int(rate_in), int(rate_out), quality="VHQ")
 
 
 def _resample_file(job: tuple) -> tuple[str, int]:

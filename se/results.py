@@ -21,22 +21,13 @@ import math
 import os
 from pathlib import Path
 
+from se.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported: the one atomic writer)
+
 # Packages whose versions go into summary.json and RESULTS.md (se.provenance.versions).
 VERSIONED_PACKAGES = (
     "torch", "torchaudio", "numpy", "scipy", "soundfile", "pesq", "pystoi", "fast_bss_eval",
-    "speechmos", "onnxruntime", "librosa",
+    "speechmos", "onnxruntime", "librosa", "soxr",
 )  # fmt: skip
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """se.atomic.atomic_write_bytes (the one atomic writer), imported when first used."""
-    from se.atomic import atomic_write_bytes as write
-
-    write(path, data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def format_value(v: float) -> str:
@@ -109,19 +100,23 @@ def summary_markdown(summary: dict) -> str:
 
 
 def rates_sentence(rates: dict) -> str:
-    """e.g. 'PESQ WB/STOI/composite/DNSMOS at 16 kHz copies, PESQ NB at 8 kHz copies, SI-SDR/SNR/SDR
-    at 48 kHz (native)'."""
+    """summary.json's rates as text, columns grouped by rate, e.g. 'pesq_wb/stoi at 16 kHz copies;
+    pesq_nb at 8 kHz copies; si_sdr/lsd at 48 kHz (native); resampler: soxr ... VHQ'."""
 
     def khz(r) -> str:
         return f"{r / 1000:g} kHz"
 
-    native = rates.get("native") or []
-    native_txt = "/".join(khz(r) for r in native) or "the native rate"
-    return (
-        f"PESQ WB/STOI/eSTOI/composite/DNSMOS/PLCMOS at {khz(rates['pesq_wb'])} copies, PESQ NB at "
-        f"{khz(rates['pesq_nb'])} copies, SI-SDR/SNR/SDR/LSD at {native_txt} (native); "
-        f"resampler: {rates['resampler']}"
-    )
+    by_rate: dict[str, list[str]] = {}
+    for name, rate in rates.items():
+        if name in ("native", "resampler"):
+            continue
+        if isinstance(rate, list):
+            where = f"{'/'.join(khz(r) for r in rate) or 'the native rate'} (native)"
+        else:
+            where = f"{khz(rate)} copies"
+        by_rate.setdefault(where, []).append(name)
+    parts = [f"{'/'.join(names)} at {where}" for where, names in by_rate.items()]
+    return "; ".join(parts + [f"resampler: {rates.get('resampler', 'unknown')}"])
 
 
 def read_summary(path: str | os.PathLike) -> dict:

@@ -43,9 +43,9 @@ $cmd JOB=1:"$nj" "$out/log/enhance.JOB.log" \
     "${compat_opt[@]}" $extra_args
 
 # wav.scp of the outputs, for scoring; every input must have its output
-awk -v d="$(cd "$out" && pwd)" '{print $1" "d"/"$1".wav"}' "$data/wav.scp" > "$out/wav.scp.tmp"
-while read -r utt path; do
-  [ -s "$path" ] || { echo "$0: missing output $path (see $out/log/enhance.*.log)" >&2; rm -f "$out/wav.scp.tmp"; exit 1; }
-done < "$out/wav.scp.tmp"
-mv "$out/wav.scp.tmp" "$out/wav.scp"
+out_abs=$(cd "$out" && pwd)
+while read -r utt _; do
+  [ -s "$out_abs/$utt.wav" ] || { echo "$0: missing output $out_abs/$utt.wav (see $out/log/enhance.*.log)" >&2; exit 1; }
+done < "$data/wav.scp"
+awk -v d="$out_abs" '{print $1" "d"/"$1".wav"}' "$data/wav.scp" | python -m se.atomic "$out/wav.scp"
 echo "$0: enhanced $num_utts utterances of $data into $out"

@@ -62,6 +62,6 @@ else
 
   "${score[@]}" "${opts[@]}" --merge "$nj"
 fi
-echo "${cmdline% }" > "$dir/cmd.tmp" && mv "$dir/cmd.tmp" "$dir/cmd"
+echo "${cmdline% }" | "$python" -m se.atomic "$dir/cmd"
 cat "$dir/summary.md"
 log "Successfully finished. [elapsed=${SECONDS}s]"

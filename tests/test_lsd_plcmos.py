@@ -14,7 +14,7 @@ from scipy.signal import butter, sosfiltfilt
 
 from se.bin import score as score_cli
 from se.metrics import parse_metrics, score_pair
-from se.metrics.common import resample
+from se.resample import resample
 from se.metrics.lsd import lsd
 from se.metrics.plcmos import model_path, plcmos
 

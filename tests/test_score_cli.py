@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import REPO, SCORING_DATA
-from scipy.signal import resample_poly
 
 from se.bin import make_results
 from se.bin import score as score_cli
+from se.resample import resample
 from se.results import atomic_write_text, read_scores_tsv
 
 FS = 16000
@@ -85,7 +85,7 @@ def test_cli_agrees_with_direct_calls(data, tmp_path):
     for utt in UTTS:
         ref, _ = sf.read(data["files"]["clean"][utt], dtype="float64")
         deg, _ = sf.read(data["files"]["noisy"][utt], dtype="float64")
-        r8, d8 = resample_poly(ref, 1, 2), resample_poly(deg, 1, 2)
+        r8, d8 = resample(ref, FS, 8000), resample(deg, FS, 8000)
         assert rows[utt]["pesq_wb"] == pesq.pesq(FS, ref, deg, "wb")
         assert rows[utt]["pesq_nb"] == pesq.pesq(8000, r8, d8, "nb")
         assert rows[utt]["stoi"] == pytest.approx(stoi(ref, deg, FS), abs=1e-12)
@@ -95,7 +95,7 @@ def test_cli_agrees_with_direct_calls(data, tmp_path):
     assert summary["metrics"]["pesq_wb"]["mean"] == pytest.approx(np.mean([rows[u]["pesq_wb"] for u in UTTS]))
     assert summary["metrics"]["pesq_wb"]["undefined"] == 0
     assert summary["rates"]["native"] == [FS] and summary["rates"]["pesq_nb"] == 8000
-    assert "without corrigendum 2" in summary["implementations"]["pesq"]
+    assert "without corrigendum 2" in summary["implementations"]["pesq_wb"]
     assert "| pesq_wb |" in (out / "summary.md").read_text()
     assert (out / "ref.scp").read_text().splitlines()[0] == f"utt_a {data['files']['clean']['utt_a']}"
     assert "se.bin.score" in (out / "cmd").read_text()
@@ -241,10 +241,10 @@ def test_malformed_lists_and_options(data, tmp_path, capsys):
     bad = tmp_path / "bad.scp"
     bad.write_text(f"utt_a {f['clean']['utt_a']}\nutt_b\n")
     rc, err = _score(capsys, "--ref", str(bad), "--est", str(data["scp"]["noisy"]), "--out-dir", str(tmp_path / "o"))
-    assert rc == 1 and "bad.scp line 2: expected 'utt_id path'" in err
+    assert rc == 1 and "bad.scp line 2: expected '<utt> <value>'" in err
     bad.write_text(f"utt_a {f['clean']['utt_a']}\nutt_a {f['clean']['utt_b']}\n")
     rc, err = _score(capsys, "--ref", str(bad), "--est", str(data["scp"]["noisy"]), "--out-dir", str(tmp_path / "o"))
-    assert rc == 1 and "bad.scp line 2: duplicate utterance id 'utt_a' (first on line 1)" in err
+    assert rc == 1 and "bad.scp line 2: duplicate utterance id utt_a (first on line 1)" in err
     common = ["--ref", str(data["scp"]["clean"]), "--est", str(data["scp"]["noisy"]), "--out-dir", str(tmp_path / "o")]
     rc, err = _score(capsys, *common, "--metrics", "pesq,bogus")
     assert rc == 1 and "unknown metric 'bogus'" in err
@@ -341,7 +341,7 @@ def test_make_results(data, tmp_path, capsys):
     text = (exp / "RESULTS.md").read_text()
     for needle in ("## Environment", "- git: `", "pesq `", "pystoi `", "./run.sh --stage 6", "se.bin.score",
                    "## vb_test", "| noisy (input) | 4 |", "| enhanced | 4 |", "| difference |",
-                   "at 16 kHz copies", "SI-SDR/SNR/SDR/LSD at 16 kHz (native)", "images/vb_test_scatter.png",
+                   "pesq_wb/stoi at 16 kHz copies", "si_sdr at 16 kHz (native)", "resampler: soxr", "images/vb_test_scatter.png",
                    "images/vb_test_spectrograms.png", "best `", "median `", "worst `"):  # fmt: skip
         assert needle in text, needle
     noisy = json.loads((exp / "scores/vb_test/noisy/summary.json").read_text())["metrics"]["si_sdr"]["mean"]
@@ -356,3 +356,73 @@ def test_make_results(data, tmp_path, capsys):
     shutil.rmtree(exp / "scores" / "vb_test" / "noisy")
     assert make_results.main(["--exp-dir", str(exp)]) == 1
     assert "noisy/summary.json: not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the metric table
+
+
+def test_columns_groups_and_help_come_from_the_table(data, tmp_path, capsys):
+    from se.metrics import METRICS, groups
+
+    table = [m.column for m in METRICS]
+    out = tmp_path / "all"
+    assert _score(capsys, "--ref", str(data["scp"]["clean"]), "--est", str(data["scp"]["enhanced"]),
+                  "--out-dir", str(out), "--metrics", "all", "--nj", "1")[0] == 0  # fmt: skip
+    assert read_scores_tsv(out / "scores.tsv")[0] == table
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["metrics"]) == table
+    assert set(summary["rates"]) == set(table) | {"native", "resampler"}
+    help_text = " ".join(score_cli.build_parser().format_help().split())
+    families = {m.group for m in METRICS}
+    assert set(groups()) == {"all", "noref", "nodnsmos"} | (families - set(table))
+    for g, cols in groups().items():
+        assert (f"{g}: " + ", ".join(cols) in help_text) or g == "all", g
+    for m in METRICS:  # every column, its rate and its description
+        assert f"{m.column} {' '.join(m.description.split())}" in help_text, m.column
+
+
+def test_a_new_row_in_the_table_is_scored_and_described(data, tmp_path, capsys, monkeypatch):
+    """Adding a metric = a function and a row: it appears in scores.tsv, --help and RESULTS.md."""
+    import se.metrics
+    from se.metrics import Metric
+
+    def peak_ratio(ref, est, fs):  # computed on 8 kHz copies
+        assert fs == 8000
+        return float(np.max(np.abs(est)) / np.max(np.abs(ref)))
+
+    row = Metric("peak_ratio", "peaks", 8000, peak_ratio, "ratio of the peaks (a test metric)")
+    monkeypatch.setattr(se.metrics, "METRICS", se.metrics.METRICS + (row,))
+    assert "peaks: peak_ratio" in " ".join(score_cli.build_parser().format_help().split())
+    exp = tmp_path / "exp"
+    for kind in ("noisy", "enhanced"):
+        assert _score(capsys, "--ref", str(data["scp"]["clean"]), "--est", str(data["scp"][kind]),
+                      "--out-dir", str(exp / "scores" / "t" / kind), "--metrics", "si_sdr,peaks", "--nj", "1")[0] == 0
+    columns, rows = read_scores_tsv(exp / "scores" / "t" / "enhanced" / "scores.tsv")
+    assert columns == ["si_sdr", "peak_ratio"]
+    ref, _ = sf.read(data["files"]["clean"]["utt_a"], dtype="float64")
+    est, _ = sf.read(data["files"]["enhanced"]["utt_a"], dtype="float64")
+    r8, e8 = resample(ref, FS, 8000), resample(est, FS, 8000)
+    assert rows["utt_a"]["peak_ratio"] == np.max(np.abs(e8)) / np.max(np.abs(r8))
+    summary = json.loads((exp / "scores" / "t" / "enhanced" / "summary.json").read_text())
+    assert summary["rates"]["peak_ratio"] == 8000
+    assert make_results.main(["--exp-dir", str(exp)]) == 0
+    text = (exp / "RESULTS.md").read_text()
+    assert "- `peak_ratio`: ratio of the peaks (a test metric); 8 kHz copy" in text
+    assert "peak_ratio at 8 kHz copies" in text
+
+
+def test_results_md_descriptions_are_the_tables(data, tmp_path, capsys, monkeypatch):
+    import se.metrics
+    from dataclasses import replace
+
+    exp = tmp_path / "exp"
+    for kind in ("noisy", "enhanced"):
+        assert _score(capsys, "--ref", str(data["scp"]["clean"]), "--est", str(data["scp"][kind]),
+                      "--out-dir", str(exp / "scores" / "t" / kind), "--metrics", "pesq_wb,si_sdr", "--nj", "1")[0] == 0
+    changed = tuple(replace(m, description="CHANGED " + m.column) for m in se.metrics.METRICS)
+    monkeypatch.setattr(se.metrics, "METRICS", changed)
+    assert make_results.main(["--exp-dir", str(exp)]) == 0
+    text = (exp / "RESULTS.md").read_text()
+    assert "- `pesq_wb`: CHANGED pesq_wb; 16 kHz copy, never upsampled" in text
+    assert "- `si_sdr`: CHANGED si_sdr; native rate" in text
+    assert "CHANGED stoi" not in text  # only the scored columns are described

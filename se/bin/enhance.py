@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from se import cli
+from se.atomic import publish
 from se.allocator import retain_freed_memory
 from se.audio import AudioError, audio_info, read_audio, write_audio
 from se.checkpoint import load_network
@@ -162,7 +162,7 @@ def _main(argv: list[str]) -> int:
                             "(use --output-subtype FLOAT to keep them)", out_dir / name, clipped, args.output_subtype)
             total_clipped += clipped
         for name, _, _ in items:
-            os.replace(stage / name, out_dir / name)
+            publish(stage / name, out_dir / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     elapsed = time.time() - t0

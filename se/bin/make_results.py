@@ -60,13 +60,23 @@ def load_set(scores_root: Path, test_set: str) -> dict:
 
 
 def read_scp(path: Path) -> dict[str, str]:
-    out = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                utt, p = line.strip().split(maxsplit=1)
-                out[utt] = p
-    return out
+    """utt -> path of a score dir's ref.scp/est.scp ({} when the file is not there)."""
+    from se.data import DataDirError, read_scp as read
+
+    if not path.is_file():
+        return {}
+    try:
+        return read(path)
+    except DataDirError as exc:
+        raise ResultsError(str(exc)) from None
+
+
+def metric_descriptions(columns: list[str]) -> list[str]:
+    """Markdown list: what each scored column is (se.metrics.METRICS, the one table)."""
+    from se.metrics import metric_info
+
+    info = metric_info()
+    return [f"- `{c}`: {info[c]}" for c in columns if c in info]
 
 
 def _fmt(v) -> str:
@@ -124,7 +134,7 @@ def results_table(data: dict, compare: list[tuple[str, dict]] = ()) -> list[str]
 
 
 def _savefig(fig, path: Path) -> None:
-    from se.results import atomic_write_bytes
+    from se.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
@@ -257,9 +267,7 @@ def make_results(exp_dir: Path, scores_root: Path, cmds: list[str], compare: lis
         rates = data[SYSTEM]["summary"].get("rates")
         if rates:
             lines += ["", f"Rates: {rates_sentence(rates)}."]
-        pesq_info = data[SYSTEM]["summary"].get("implementations", {}).get("pesq")
-        if pesq_info:
-            lines += [f"PESQ: {pesq_info}."]
+        lines += ["", "Metrics:", ""] + metric_descriptions(list(data[SYSTEM]["summary"]["metrics"])) + [""]
         lines += [
             f"Scores: `{data[BASELINE]['dir']}` (noisy), `{data[SYSTEM]['dir']}` (enhanced).",
         ]
@@ -291,7 +299,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=SCORES_ROOT",
                    help="add another experiment's enhanced row (same test sets) to the tables (repeatable)")
     args = p.parse_args(argv)
-    from se.results import atomic_write_text
+    from se.atomic import atomic_write_text
 
     exp_dir = Path(args.exp_dir)
     scores_root = Path(args.scores_root) if args.scores_root else exp_dir / "scores"

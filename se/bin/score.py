@@ -77,21 +77,18 @@ def load_list(spec: str) -> dict[str, Entry]:
         return out
     if not p.is_file():
         raise ScoreError(f"{spec}: no such scp file or directory")
+    from se.data import DataDirError, read_scp
+
+    lines: dict[str, int] = {}
+    try:
+        paths = read_scp(p, lines=lines)
+    except DataDirError as exc:
+        raise ScoreError(str(exc)) from None
     out = {}
-    lines_of: dict[str, int] = {}
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.strip().split(maxsplit=1)
-        if len(fields) != 2:
-            raise ScoreError(f"{spec} line {n}: expected 'utt_id path', got '{line.strip()}'")
-        utt, path = fields
+    for utt, path in paths.items():
         if path.endswith("|"):
-            raise ScoreError(f"{spec} line {n}: piped commands are not supported, give a file path")
-        if utt in out:
-            raise ScoreError(f"{spec} line {n}: duplicate utterance id '{utt}' (first on line {lines_of[utt]})")
-        out[utt] = Entry(str(Path(path).resolve()), f"{spec} line {n}")
-        lines_of[utt] = n
+            raise ScoreError(f"{spec} line {lines[utt]}: piped commands are not supported, give a file path")
+        out[utt] = Entry(str(Path(path).resolve()), f"{spec} line {lines[utt]}")
     if not out:
         raise ScoreError(f"{spec}: empty scp file")
     return out
@@ -210,7 +207,7 @@ def score_all(pairs: list[Pair], columns: list[str], nj: int, max_len_diff: floa
 
 def _write_scps(out_dir: Path, pairs: list[Pair]) -> None:
     """est.scp, and ref.scp when there are references (a stale ref.scp is removed)."""
-    from se.results import atomic_write_text
+    from se.atomic import atomic_write_text
 
     if pairs and pairs[0].ref is not None:
         atomic_write_text(out_dir / "ref.scp", _scp_text(pairs, "ref"))
@@ -244,7 +241,8 @@ def write_outputs(out_dir: Path, args, pairs, columns, rows, notes, rates) -> di
     """scores.tsv, notes.tsv, summary.json, summary.md, ref.scp, est.scp (all atomic)."""
     from se.metrics import metric_info, rates_used
     from se.provenance import versions
-    from se.results import VERSIONED_PACKAGES, atomic_write_text, scores_tsv, summarize, summary_markdown
+    from se.atomic import atomic_write_text
+    from se.results import VERSIONED_PACKAGES, scores_tsv, summarize, summary_markdown
 
     problems: dict[str, int] = {}
     for utt_notes in notes.values():
@@ -256,9 +254,9 @@ def write_outputs(out_dir: Path, args, pairs, columns, rows, notes, rates) -> di
         "n_utts": len(rows),
         "metrics": summarize(columns, rows),
         "problems": problems,
-        "rates": rates_used([r for r in rates.values() if r]),
+        "rates": rates_used([r for r in rates.values() if r], columns),
         "max_len_diff_s": args.max_len_diff,
-        "implementations": metric_info(),
+        "implementations": {c: d for c, d in metric_info().items() if c in columns},
         "versions": versions(VERSIONED_PACKAGES),
     }
     # summary.json is written last: when it exists, the other files belong to the same run
@@ -323,11 +321,15 @@ def _cores() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from se.metrics import columns, groups, metric_info
+
+    metrics = "\n".join(f"  {c:12s} {d}" for c, d in metric_info().items())
     p = argparse.ArgumentParser(
         prog="python -m se.bin.score",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="e.g.: python -m se.bin.score --ref data/test/clean.scp --est exp/x/enhanced "
+        epilog=f"metrics (columns of scores.tsv, in order):\n{metrics}\n\n"
+        "e.g.: python -m se.bin.score --ref data/test/clean.scp --est exp/x/enhanced "
         "--out-dir exp/x/scores/test/enhanced --metrics all --nj 4",
     )
     add = p.add_argument
@@ -336,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--est", required=True, help="estimates (enhanced or noisy): scp or directory")
     add("--out-dir", required=True, help="output directory D")
     add("--metrics", default=None,
-        help="comma list of columns or groups all, nodnsmos, noref, pesq, composite, dnsmos "
+        help=f"comma list of columns ({', '.join(columns())}) or groups "
+        f"({'; '.join(f'{g}: ' + ', '.join(c) for g, c in groups().items() if g != 'all')}; all: every column) "
         "(default: all; noref without --ref)")
     add("--nj", type=positive_int, default=_cores(), help="parallel processes (default: cores)")
     add("--fs", type=positive_int, default=None,
@@ -355,10 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from se.metrics import parse_metrics
-    from se.results import atomic_write_text
-
-    from se.metrics import NO_REFERENCE
+    from se.atomic import atomic_write_text
+    from se.metrics import no_reference, parse_metrics
 
     if args.metrics is None:
         args.metrics = "all" if args.ref else "noref"
@@ -367,11 +368,11 @@ def run(args) -> int:
     except ValueError as exc:
         raise ScoreError(f"--metrics: {exc}") from exc
     if args.ref is None:
-        need = [c for c in columns if c not in NO_REFERENCE]
+        need = [c for c in columns if c not in no_reference()]
         if need:
             raise ScoreError(
                 f"--metrics: {', '.join(need)} need clean references: give --ref, or choose from the "
-                f"no-reference metrics ({', '.join(sorted(NO_REFERENCE))}; group noref)"
+                f"no-reference metrics ({', '.join(sorted(no_reference()))}; group noref)"
             )
     if (args.split is None) != (args.job is None):
         raise ScoreError("--split N and --job J go together")
@@ -442,12 +443,12 @@ def _print_summary(summary: dict) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = argv
     # One BLAS/OpenMP thread per process: parallelism comes from --nj processes. Set before
-    # numpy is first imported (the metric modules are imported lazily).
+    # numpy is first imported (the metric table is imported when the parser is built).
     for var in THREAD_VARS:
         os.environ.setdefault(var, "1")
+    args = build_parser().parse_args(argv)
+    args.argv = argv
     return run(args)
 
 

@@ -95,12 +95,3 @@ def dnsmos(x16: np.ndarray) -> dict[str, float]:
         "dnsmos_ovrl": float(np.mean(ovr)),
         "dnsmos_p808": float(np.mean(mos808)),
     }
-
-
-def dnsmos_version() -> str:
-    from importlib.metadata import version
-
-    return (
-        f"speechmos {version('speechmos')} ONNX models (sig_bak_ovr.onnx non-personalised, "
-        f"model_v8.onnx) on onnxruntime {version('onnxruntime')} CPU; 16 kHz; no level normalisation"
-    )

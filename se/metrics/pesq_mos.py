@@ -5,24 +5,14 @@
   package's own "nb at 16 kHz" convention gives other values and is not used).
 
 The package implements P.862.2 without corrigendum 2 (values differ slightly from tools that
-apply it); the version string below goes into every summary.json.
+apply it); its version goes into every summary.json (se.results.VERSIONED_PACKAGES).
 """
 
 from __future__ import annotations
 
-from importlib.metadata import version
-
 import numpy as np
 
 from se.metrics.common import Undefined
-
-
-def pesq_version() -> str:
-    v = version("pesq")
-    return (
-        f"pesq {v}: ITU-T P.862 reference code; wb = P.862.2 MOS-LQO without corrigendum 2 "
-        "(16 kHz), nb = P.862.1 MOS-LQO (8 kHz copies)"
-    )
 
 
 def _pesq(fs: int, ref: np.ndarray, est: np.ndarray, mode: str) -> float:

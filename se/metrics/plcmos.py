@@ -80,12 +80,3 @@ def plcmos(x16: np.ndarray) -> dict[str, float]:
     scores = [float(np.ravel(sess.run(None, {"degraded_audio": feats, "rater_embed": r[None]})[0])[0])
               for r in rater_embeddings()]
     return {"plcmos": float(np.mean(scores))}
-
-
-def plcmos_version() -> str:
-    from importlib.metadata import version
-
-    return (
-        f"speechmos {version('speechmos')} plcmos_v2.onnx on onnxruntime {version('onnxruntime')} CPU; "
-        f"16 kHz; mean of {RATERS} fixed rater embeddings (RandomState({RATER_SEED}))"
-    )
