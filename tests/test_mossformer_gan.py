@@ -292,7 +292,7 @@ def _disc_grads(step):
 
 def test_registry_builds_gan_step_with_clearvoice_checkpoint_keys():
     step = _step()
-    assert isinstance(step, GANTrainStep) and step.custom_forward
+    assert isinstance(step, GANTrainStep) and not step.loss_forward_for_ddp
     assert set(step.modules) == {"model", "discriminator"}
     assert set(step.optimizers) == {"model", "disc"}
     assert set(step.state_dict()) == {"model", "discriminator", "optimizer", "optimizer_disc"}

@@ -130,8 +130,8 @@ def test_torchrun_two_processes_validation_equals_single(data, tmp_path):
 
     conf = resolve_config(config.load(exp / "config.yaml"))
     trainer = Trainer(conf, str(data / "train"), str(data / "valid"), str(tmp_path / "single"), Dist())
-    trainer.step.modules["model"].load_state_dict(state["model"])
-    trainer.step.build_optimizers()
+    trainer.train_step.modules["model"].load_state_dict(state["model"])
+    trainer.train_step.build_optimizers()
     single = trainer.validate()
     assert single["utterances"] == 5
     assert single["loss"] == pytest.approx(ddp_valid, rel=1e-6)

@@ -38,6 +38,9 @@ class NetworkEntry:
     train_step: str = ""
     # 'pkg.module:accelerate' swapping in speed kernels (se/models/kernels); "" = none
     kernels: str = ""
+    # 'pkg.module:Class.method' returning the data-pipeline feature function computed in the
+    # loader workers (fn(conf) -> picklable fn(noisy_segment, rng)); "" = none
+    data_features: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def network_class(self):
@@ -47,7 +50,8 @@ class NetworkEntry:
 _REGISTRY: dict[str, NetworkEntry] = {
     "FRCRN_SE_16K": NetworkEntry("FRCRN_SE_16K", "se.models.frcrn", "FRCRN", 16000),
     "MossFormer2_SE_48K": NetworkEntry(
-        "MossFormer2_SE_48K", "se.models.mossformer2", "MossFormer2SE", 48000
+        "MossFormer2_SE_48K", "se.models.mossformer2", "MossFormer2SE", 48000,
+        data_features="se.models.mossformer2:MossFormer2SE.data_features",
     ),
     "MossFormerGAN_SE_16K": NetworkEntry(
         "MossFormerGAN_SE_16K",
@@ -159,6 +163,9 @@ def network_sampling_rate(name: str) -> int:
 
 
 def resolve(path: str) -> Callable:
-    """'pkg.module:attr' -> attr."""
+    """'pkg.module:attr' or 'pkg.module:Class.attr' -> attr."""
     module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    obj = importlib.import_module(module)
+    for name in attr.split("."):
+        obj = getattr(obj, name)
+    return obj

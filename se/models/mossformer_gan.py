@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from se.allocator import release_free_memory
@@ -436,7 +437,7 @@ class GANTrainStep(TrainStep):
     """
 
     # DistributedDataParallel wraps the generator itself (its forward is the spectral one)
-    custom_forward = True
+    loss_forward_for_ddp = False
 
     def __init__(self, model: nn.Module, conf: dict, device: torch.device):
         super().__init__(model, conf, device)
@@ -479,7 +480,7 @@ class GANTrainStep(TrainStep):
     # -- pieces ------------------------------------------------------------------------------
     def _generator_call(self):
         m = self.modules["model"]
-        if isinstance(getattr(m, "module", None), LossForward):
+        if isinstance(m, DistributedDataParallel) and isinstance(m.module, LossForward):
             raise TypeError("GANTrainStep needs the generator itself wrapped by "
                             "DistributedDataParallel (its forward is the spectral forward), "
                             "not DDP(LossForward(model))")
