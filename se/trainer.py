@@ -28,7 +28,7 @@ import torch.distributed as torch_dist
 from se import checkpoint as ckpt
 from se import config as config_lib
 from se.data import DataDir, DataDirError, SegmentDataset, ShardedSampler, collate
-from se.models import build_network, get_entry, network_kwargs, resolve
+from se.models import build_network, get_entry, network_kwargs, resolve, same_network_kwargs
 from se.tensorboard_media import TrainingBoard
 from se.train_step import LossForward, TrainStep
 
@@ -241,11 +241,13 @@ def build_loaders(conf: dict, train_dir: str, valid_dir: str, dist: Dist):
 
 
 def check_resumable(state: dict, path: Path, conf: dict) -> None:
-    """Refuses to resume from a checkpoint of another network or size (the message names it)."""
-    for key in ("network", "network_kwargs"):
-        old = state.get(key)
-        new = conf["network"] if key == "network" else network_kwargs(conf["network"], conf)
-        if old != new:
+    """Refuses to resume from a checkpoint of another network or size (the message names it;
+    kwargs a checkpoint does not list are the constructor's defaults)."""
+    name = conf["network"]
+    old_kwargs, new_kwargs = state.get("network_kwargs") or {}, network_kwargs(name, conf)
+    for key, old, new in (("network", state.get("network"), name), ("network_kwargs", old_kwargs, new_kwargs)):
+        same = old == new if key == "network" else same_network_kwargs(name, old, new)
+        if not same:
             raise ckpt.CheckpointError(
                 f"{path}: cannot resume: the checkpoint has {key}={old!r} but the config says {new!r}. "
                 "Use another --exp-dir, or --start-over to train from scratch here."
