@@ -15,15 +15,15 @@ the reference implementation). Required:
   noisy and clean carry the SAME gain; ``parts`` maps names to float tensors for logging.
 * ``enhance(noisy) -> Tensor``: aligned, deterministic enhancement of a normalised (B, L)
   float batch; returns (B, L).
+* ``convert_clearvoice_state_dict(sd) -> sd`` (staticmethod): maps a release-format state
+  dict (``module.`` prefix already stripped) to this module's keys; fine-tuning
+  (``init_checkpoint_path``) calls it. A network without a ClearVoice release returns ``sd``.
 
 Optional (each named in the registry entry or used only by the tool that needs it):
 
 * ``clearvoice_decode(raw: np.ndarray) -> np.ndarray``: the reference decode path
   (audio_norm, padding, one-pass/segmented decoding, de-normalisation) on raw float64
   samples at the network's rate; only ``se.bin.enhance --clearvoice-compat`` calls it.
-* ``convert_clearvoice_state_dict(sd) -> sd`` (staticmethod): maps a release-format state
-  dict (``module.`` prefix already stripped) to this module's keys; only for fine-tuning from
-  or converting ClearVoice release files.
 * a training-step class (``NetworkEntry.train_step``) when one model, one loss and one
   optimiser are not enough (se/train_step.py), a data-pipeline feature function
   (``NetworkEntry.data_features``) and speed kernels (``NetworkEntry.kernels``).
