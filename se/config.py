@@ -7,7 +7,8 @@ error, in the file and on the command line alike.
 
 SCHEMA holds the keys of every training run. A network's own keys (MossFormer2's fbank, the
 GAN's discriminator) are declared by the network (its ``CONFIG_KEYS``, se/models/__init__.py)
-and belong to a config only when it names that network.
+and belong to a config only when it names that network; in a config of another network they
+are ignored with a warning.
 """
 
 from __future__ import annotations
@@ -172,10 +173,11 @@ def update(conf: dict, values: dict, where: str) -> dict:
             raise ConfigError(f"{where}: network {value!r} given after the config was set up for {network}")
         if key not in keys:
             owners = _owners(key)
-            whose = f" (a key of {', '.join(owners)}, not of {network})" if owners else ""
-            raise ConfigError(
-                f"{where}: unknown config key '{key}'{whose}. Known keys: {', '.join(sorted(keys))}"
-            )
+            if owners:  # e.g. a shared command line that sets the GAN's pesq_workers for every network
+                log.warning("%s: ignoring %s=%r: a key of %s, not of %s", where, key, value, ", ".join(owners),
+                            network)
+                continue
+            raise ConfigError(f"{where}: unknown config key '{key}'. Known keys: {', '.join(sorted(keys))}")
         conf[key] = _coerce(key, value, where, keys[key][0])
         if key in ranges:
             low, high = ranges[key]

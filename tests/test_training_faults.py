@@ -169,7 +169,7 @@ def test_unreadable_training_files_are_named_counted_and_limited(data, tmp_path,
     assert len(t.progress.bad_files) == 2
     assert sorted(str(f) for f in broken) == sorted(m.split(":")[0] for m in t.progress.bad_files)
     assert caplog.text.count("skipped an unreadable training file") == 2
-    assert t.progress.step == 3  # 6 items, batch 2: every batch full (the next readable item stands in)
+    assert t.progress.global_step == 3  # 6 items, batch 2: every batch full (the next readable item stands in)
 
     t = trainer(bad_data, tmp_path / "stop", max_epoch=1, max_bad_files=1)
     t.resume_or_init()
