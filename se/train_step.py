@@ -18,11 +18,18 @@ needs and never adds a hook the trainer would have to probe for.
   ``nonfinite`` / ``scaler_overflow``.
 * ``check_world_size(n)``: refuses a number of processes the step cannot train with.
 * ``valid_step(noisy, clean)``: no gradients; returns parts including ``loss``.
+* ``build_optimizers()``, ``state_dict()`` / ``load_state_dict(state)``: optimisers after
+  the weights are loaded; every module's and optimiser's state for checkpoints.
 * ``init_extra(path)``: after the trainer loaded the model from ``init_checkpoint_path``,
   the step may load its other modules (default: nothing).
 * ``loss_forward_for_ddp``: True (default) -> DistributedDataParallel wraps
   ``LossForward(model)``; False -> it wraps the model itself (the step calls its forward).
 * ``sync_batchnorm(module, on_gpu)``: batch statistics over every process.
+* ``network``, ``set_train(mode)``, ``current_learning_rate()``,
+  ``scale_learning_rates(factor)``: the plain network, train/eval mode, the learning rate
+  logged and halved on plateaus.
+* set by the trainer: ``autocast`` (mixed precision), ``grad_scaler`` (fp16) and
+  ``any_process(flags)`` (an all-reduce under DDP).
 """
 
 from __future__ import annotations
@@ -106,7 +113,7 @@ class TrainStep:
         for module in self.modules.values():
             module.train(mode)
 
-    def learning_rate_now(self) -> float:
+    def current_learning_rate(self) -> float:
         """The network optimiser's current learning rate (first group)."""
         return self.optimizers["model"].param_groups[0]["lr"]
 

@@ -4,7 +4,8 @@ Small functions, in the order they run: ``setup_distributed`` -> ``build_train_s
 ``build_loaders`` -> ``Trainer.resume_or_init`` -> ``Trainer.fit`` (``train_one_epoch``,
 ``validate``, ``save``). What a network computes in a step lives in se.train_step (or the
 network's own step class named in the registry); tensorboard media in se.tensorboard_media;
-this file owns the loop.
+this file owns the loop (about 670 lines: the loop with its fault handling, exact resume and
+DDP kept in one file that reads top to bottom).
 """
 
 from __future__ import annotations
@@ -572,10 +573,10 @@ class Trainer:
         eta = datetime.timedelta(seconds=int(updates_left * sec_per_update))
         parts = " ".join(f"{k}={v / max(1, count):.4f}" for k, v in sorted(sums.items()))
         log.info("epoch %d update %d/%d %s grad_norm=%.3f lr=%.2e %.1f samples/s ETA %s",
-                 p.epoch + 1, p.global_step, total, parts, upd.get("grad_norm", float("nan")), self.train_step.learning_rate_now(), rate, eta)
+                 p.epoch + 1, p.global_step, total, parts, upd.get("grad_norm", float("nan")), self.train_step.current_learning_rate(), rate, eta)
         if self.board is not None:
             means = {k: v / max(1, count) for k, v in sums.items()}
-            self.board.scalars("train", {**means, **upd, "lr": self.train_step.learning_rate_now(),
+            self.board.scalars("train", {**means, **upd, "lr": self.train_step.current_learning_rate(),
                                          "samples_per_s": rate}, p.global_step)
 
     @torch.no_grad()
@@ -623,7 +624,7 @@ class Trainer:
             p.bad_epochs += 1
             if conf["lr_halve_patience"] and p.bad_epochs % conf["lr_halve_patience"] == 0:
                 self.train_step.scale_learning_rates(0.5)
-                log.info("no improvement for %d epochs: learning rate halved to %.2e", p.bad_epochs, self.train_step.learning_rate_now())
+                log.info("no improvement for %d epochs: learning rate halved to %.2e", p.bad_epochs, self.train_step.current_learning_rate())
         log.info("epoch %d validation: %s (best %.4f)%s", p.epoch + 1,
                  " ".join(f"{k}={v:.4f}" for k, v in sorted(valid.items())), p.best_valid_loss,
                  "" if improved else f", {p.bad_epochs} epoch(s) without improvement")
