@@ -1,7 +1,7 @@
 """Network registry: one place that maps a network name to its builder.
 
-Every network module registers a :class:`NetworkEntry` with :func:`register`. A network class
-implements this contract (se/models/example.py is a small complete example; se/models/frcrn.py
+The released networks are the :class:`NetworkEntry` rows of ``_REGISTRY`` below; another
+network is added with :func:`register`. A network class implements this contract (se/models/example.py is a small complete example; se/models/frcrn.py
 the reference implementation). Required:
 
 * ``sampling_rate`` (class attribute): the rate the network works at.
