@@ -4,6 +4,11 @@ A config is a flat dict. Keys keep ClearVoice's train-YAML names where they exis
 ClearVoice config file works as ``--config``; keys that ClearVoice files carry but that have
 no meaning here are accepted and reported (CLEARVOICE_IGNORED). Any other unknown key is an
 error, in the file and on the command line alike.
+
+SCHEMA holds the keys of every training run. A network's own keys (MossFormer2's fbank, the
+GAN's discriminator) are declared by the network (its ``CONFIG_KEYS``, se/models/__init__.py)
+and belong to a config only when it names that network; in a config of another network they
+are ignored with a warning.
 """
 
 from __future__ import annotations
@@ -29,8 +34,6 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "win_len": (0, "STFT window length in samples (0 = network default)"),
     "win_inc": (0, "STFT hop in samples (0 = network default)"),
     "fft_len": (0, "FFT size (0 = network default)"),
-    "num_mels": (60, "mel bins of the fbank front end (MossFormer2_SE_48K)"),
-    "fbank_dither": (1.0, "fbank dither during training (MossFormer2_SE_48K)"),
     # data
     "tr_list": ("", "ClearVoice 2-column training list, used when --train-data is not given"),
     "cv_list": ("", "ClearVoice 2-column validation list, used when --valid-data is not given"),
@@ -45,17 +48,12 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "optimizer": ("adam", "adam or adamw"),
     "init_learning_rate": (1e-3, "learning rate when training from scratch"),
     "finetune_learning_rate": (1e-4, "learning rate when init_checkpoint_path is set"),
-    "disc_learning_rate": (1e-3, "discriminator learning rate (GAN)"),
     "weight_decay": (1e-5, "weight decay (biases excluded)"),
     "clip_grad_norm": (10.0, "gradient-norm clipping, once per update (0 = off)"),
     "max_epoch": (100, "number of epochs"),
     "max_steps": (0, "stop after this many updates (0 = no limit)"),
     "lr_halve_patience": (5, "halve the LR after this many epochs without a better valid loss"),
     "early_stop_patience": (10, "stop after this many epochs without a better valid loss"),
-    "gan_loss_mode": ("fixed", "GAN loss: fixed (default) or clearvoice (the reference, bugs included)"),
-    "discriminator_kwargs": ({}, "size hyperparameters of the GAN's metric discriminator"),
-    "pesq_workers": (2, "GAN: processes computing the discriminator's PESQ targets (0 = in-process)"),
-    "valid_pesq": (False, "GAN: also compute PESQ during validation"),
     "precision": ("fp32", "fp32, bf16 or fp16"),
     "sync_batchnorm": (True, "convert BatchNorm to SyncBatchNorm under multi-GPU DDP"),
     "max_bad_steps": (20, "stop after this many non-finite losses/gradients in a row"),
@@ -76,11 +74,11 @@ SCHEMA: dict[str, tuple[object, str]] = {
 # Allowed ranges of numeric keys: key -> (minimum, maximum or None, what to say).
 RANGES: dict[str, tuple[float, float | None]] = {
     "sampling_rate": (0, None), "win_len": (0, None), "win_inc": (0, None), "fft_len": (0, None),
-    "num_mels": (1, None), "fbank_dither": (0, None), "max_length": (1e-3, None), "batch_size": (1, None),
+    "max_length": (1e-3, None), "batch_size": (1, None),
     "accu_grad": (0, 1), "effec_batch_size": (1, None), "num_workers": (0, None), "seed": (0, None),
-    "init_learning_rate": (0, None), "finetune_learning_rate": (0, None), "disc_learning_rate": (0, None),
+    "init_learning_rate": (0, None), "finetune_learning_rate": (0, None),
     "weight_decay": (0, None), "clip_grad_norm": (0, None), "max_epoch": (0, None), "max_steps": (0, None),
-    "lr_halve_patience": (0, None), "early_stop_patience": (0, None), "pesq_workers": (0, None),
+    "lr_halve_patience": (0, None), "early_stop_patience": (0, None),
     "max_bad_steps": (1, None), "min_init_loaded_fraction": (0, 1), "train_from_last_checkpoint": (0, 1),
     "checkpoint_save_freq": (0, None), "keep_checkpoints": (0, None), "keep_best": (0, None),
     "print_freq": (1, None), "valid_utterances_to_log": (0, None),
@@ -98,12 +96,32 @@ class ConfigError(UserError, ValueError):
     pass
 
 
-def defaults() -> dict:
-    return {k: copy.deepcopy(v[0]) for k, v in SCHEMA.items()}
+def schema(network: str) -> tuple[dict[str, tuple[object, str]], dict[str, tuple[float, float | None]]]:
+    """(keys, ranges) of a config naming ``network``: SCHEMA and RANGES plus the network's own
+    keys. An unknown network is a ConfigError listing the known ones."""
+    from se.models import network_config_keys
+
+    own = network_config_keys(network)
+    keys = {**SCHEMA, **{k: (key.default, key.help) for k, key in own.items()}}
+    ranges = {**RANGES, **{k: (key.minimum, key.maximum) for k, key in own.items() if key.minimum is not None}}
+    return keys, ranges
 
 
-def _coerce(key: str, value, where: str):
-    default = SCHEMA[key][0]
+def defaults(network: str = SCHEMA["network"][0]) -> dict:
+    """Every key of a config naming ``network`` at its default."""
+    conf = {k: copy.deepcopy(v[0]) for k, v in schema(network)[0].items()}
+    conf["network"] = network
+    return conf
+
+
+def _owners(key: str) -> list[str]:
+    """The networks that declare ``key`` (for the message about a key of another network)."""
+    from se.models import network_config_keys, network_names
+
+    return [name for name in network_names() if key in network_config_keys(name)]
+
+
+def _coerce(key: str, value, where: str, default):
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -143,18 +161,26 @@ def _coerce(key: str, value, where: str):
 
 
 def update(conf: dict, values: dict, where: str) -> dict:
-    """Merge ``values`` into ``conf`` with type checks; unknown keys are errors."""
+    """Merge ``values`` into ``conf`` with type checks; unknown keys are errors (the keys are
+    those of ``conf["network"]``, see :func:`schema`)."""
+    network = conf["network"]
+    keys, ranges = schema(network)
     for key, value in values.items():
         if key in CLEARVOICE_IGNORED:
             log.info("%s: ignoring ClearVoice key %s=%r (no meaning here)", where, key, value)
             continue
-        if key not in SCHEMA:
-            raise ConfigError(
-                f"{where}: unknown config key '{key}'. Known keys: {', '.join(sorted(SCHEMA))}"
-            )
-        conf[key] = _coerce(key, value, where)
-        if key in RANGES:
-            low, high = RANGES[key]
+        if key == "network" and value != network:  # load() picks the network before the other keys
+            raise ConfigError(f"{where}: network {value!r} given after the config was set up for {network}")
+        if key not in keys:
+            owners = _owners(key)
+            if owners:  # e.g. a shared command line that sets the GAN's pesq_workers for every network
+                log.warning("%s: ignoring %s=%r: a key of %s, not of %s", where, key, value, ", ".join(owners),
+                            network)
+                continue
+            raise ConfigError(f"{where}: unknown config key '{key}'. Known keys: {', '.join(sorted(keys))}")
+        conf[key] = _coerce(key, value, where, keys[key][0])
+        if key in ranges:
+            low, high = ranges[key]
             if conf[key] < low or (high is not None and conf[key] > high):
                 span = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
                 raise ConfigError(f"{where}: {key} must be {span}, got {value!r}")
@@ -162,8 +188,10 @@ def update(conf: dict, values: dict, where: str) -> dict:
 
 
 def load(path: str | Path | None, overrides: dict | None = None) -> dict:
-    """Defaults <- YAML file <- overrides (e.g. from ``--key value`` on the command line)."""
-    conf = defaults()
+    """Defaults <- YAML file <- overrides (e.g. from ``--key value`` on the command line).
+
+    The network (the override's, else the file's, else the default) decides which keys exist."""
+    data: dict = {}
     if path:
         path = Path(path)
         if not path.is_file():
@@ -177,7 +205,10 @@ def load(path: str | Path | None, overrides: dict | None = None) -> dict:
             raise ConfigError(f"{path}{at}: not valid YAML ({what})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value lines")
-        update(conf, data, str(path))
+    network = (overrides or {}).get("network") or data.get("network") or SCHEMA["network"][0]
+    conf = defaults(str(network))
+    if data:
+        update(conf, {k: v for k, v in data.items() if k != "network"}, str(path))
     if overrides:
         update(conf, overrides, "command line")
     return conf

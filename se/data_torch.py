@@ -129,7 +129,8 @@ class ShardedSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
-    def _indices(self) -> list[int]:
+    def epoch_indices(self) -> list[int]:
+        """This rank's indices of the whole current epoch (``skip`` not applied)."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(self.size, generator=g).tolist()
@@ -141,10 +142,10 @@ class ShardedSampler(torch.utils.data.Sampler):
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return max(0, len(self._indices()) - self.skip)
+        return max(0, len(self.epoch_indices()) - self.skip)
 
     def __iter__(self):
-        return iter(self._indices()[self.skip :])
+        return iter(self.epoch_indices()[self.skip :])
 
 
 def collate(items: list[dict]) -> dict:

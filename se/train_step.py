@@ -4,7 +4,9 @@ The trainer is the same for every network. A network that trains with one model,
 and one optimiser uses :class:`TrainStep` as is; a network that needs more (the GAN's
 discriminator) subclasses it and is named in its registry entry (``train_step``).
 
-Contract with the trainer:
+Contract with the trainer: the trainer calls only what :class:`TrainStep` declares below
+(attributes and methods, each with a default and a docstring); a subclass overrides what it
+needs and never adds a hook the trainer would have to probe for.
 * ``modules``: name -> nn.Module. ``"model"`` is the enhancement network (saved under the
   checkpoint key ``model``, ClearVoice's name). Others are saved under their own name.
 * ``optimizers``: name -> optimiser, saved as ``optimizer`` for "model" and
@@ -16,26 +18,45 @@ Contract with the trainer:
   ``nonfinite`` / ``scaler_overflow``.
 * ``check_world_size(n)``: refuses a number of processes the step cannot train with.
 * ``valid_step(noisy, clean)``: no gradients; returns parts including ``loss``.
+* ``build_optimizers()``, ``state_dict()`` / ``load_state_dict(state)``: optimisers after
+  the weights are loaded; every module's and optimiser's state for checkpoints.
+* ``init_extra(path)``: after the trainer loaded the model from ``init_checkpoint_path``,
+  the step may load its other modules (default: nothing).
+* ``loss_forward_for_ddp``: True (default) -> DistributedDataParallel wraps
+  ``LossForward(model)``; False -> it wraps the model itself (the step calls its forward).
+* ``sync_batchnorm(module, on_gpu)``: batch statistics over every process.
+* ``network``, ``set_train(mode)``, ``current_learning_rate()``,
+  ``scale_learning_rates(factor)``: the plain network, train/eval mode, the learning rate
+  logged and halved on plateaus.
+* set by the trainer: ``autocast`` (mixed precision), ``grad_scaler`` (fp16) and
+  ``any_process(flags)`` (an all-reduce under DDP).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module behind DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(module, "module") and isinstance(module.module, nn.Module):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module
+    """The plain module behind DistributedDataParallel / LossForward wrappers."""
+    while isinstance(module, (DistributedDataParallel, LossForward)):
+        module = module.module
+    return module
+
+
+@runtime_checkable
+class SelfSyncingNorm(Protocol):
+    """A layer that computes its own batch norm (FRCRN's complex BN calls F.batch_norm, so
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm cannot reach it) and synchronises its
+    training-mode statistics over the processes of ``group`` (None: all) once asked to."""
+
+    def sync_batchnorm(self, group=None) -> None: ...
 
 
 def adam_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -65,6 +86,10 @@ class LossForward(nn.Module):
 class TrainStep:
     """Supervised step: ``loss, parts = model.loss(noisy, clean)``."""
 
+    #: True: DistributedDataParallel wraps LossForward(model), whose forward is model.loss.
+    #: False: DDP wraps the model itself (a step that calls the network's own forward).
+    loss_forward_for_ddp = True
+
     def __init__(self, model: nn.Module, conf: dict, device: torch.device):
         self.conf = conf
         self.device = device
@@ -78,6 +103,41 @@ class TrainStep:
     def check_world_size(self, world_size: int) -> None:
         """Raise ValueError when this step cannot train with ``world_size`` processes."""
 
+    @property
+    def network(self) -> nn.Module:
+        """The enhancement network itself (no DDP wrapper)."""
+        return unwrap(self.modules["model"])
+
+    def set_train(self, mode: bool) -> None:
+        """Training (True) or evaluation mode for every module."""
+        for module in self.modules.values():
+            module.train(mode)
+
+    def current_learning_rate(self) -> float:
+        """The network optimiser's current learning rate (first group)."""
+        return self.optimizers["model"].param_groups[0]["lr"]
+
+    def scale_learning_rates(self, factor: float) -> None:
+        """Multiplies the learning rate of every group of every optimiser by ``factor``
+        (ClearVoice halves only the first group)."""
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] *= factor
+
+    def init_extra(self, init_checkpoint: str) -> None:
+        """Called once the trainer loaded the network from ``init_checkpoint`` (fine-tuning):
+        a step with more modules than the network loads them here. Default: nothing."""
+
+    @staticmethod
+    def sync_batchnorm(module: nn.Module, on_gpu: bool) -> nn.Module:
+        """``module`` with batch statistics over every process (``sync_batchnorm: true`` under
+        DDP): layers that compute their own batch norm (:class:`SelfSyncingNorm`) are asked
+        to synchronise; torch BatchNorms become SyncBatchNorm on GPUs (no CPU version)."""
+        for sub in module.modules():
+            if isinstance(sub, SelfSyncingNorm):
+                sub.sync_batchnorm()
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module) if on_gpu else module
+
     # -- building -------------------------------------------------------------------------
     def learning_rate(self) -> float:
         """Fine-tuning (an init checkpoint) uses finetune_learning_rate, else init_learning_rate."""
@@ -86,6 +146,7 @@ class TrainStep:
         return float(self.conf["init_learning_rate"])
 
     def build_optimizers(self) -> None:
+        """Creates ``optimizers`` (called after the weights are loaded, before DDP)."""
         model = unwrap(self.modules["model"])
         groups = adam_param_groups(model, float(self.conf.get("weight_decay", 0.0)))
         name = self.conf.get("optimizer", "adam").lower()
@@ -105,6 +166,8 @@ class TrainStep:
         return model(noisy, clean, **extra)  # DDP(LossForward(model)): forward() is .loss()
 
     def micro_step(self, noisy: torch.Tensor, clean: torch.Tensor, scale: float, **extra) -> dict[str, float]:
+        """Forward, loss and ``backward(loss * scale)`` of one batch (gradients accumulate
+        until ``update``); returns the un-scaled loss parts as floats, ``loss`` included."""
         with self.autocast():
             loss, parts = self.forward_loss(noisy, clean, **extra)
         self.backward(loss.float() * scale)
@@ -113,6 +176,7 @@ class TrainStep:
         return out
 
     def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, through the fp16 grad scaler when there is one."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
         else:
@@ -177,6 +241,7 @@ class TrainStep:
 
     @torch.no_grad()
     def valid_step(self, noisy: torch.Tensor, clean: torch.Tensor, **extra) -> dict[str, float]:
+        """Loss parts of one validation batch (no gradients), ``loss`` included."""
         with self.autocast():
             loss, parts = unwrap(self.modules["model"]).loss(noisy, clean, **extra)
         out = {k: float(v) for k, v in parts.items()}
@@ -185,6 +250,7 @@ class TrainStep:
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Every module's and optimiser's state under its checkpoint key (see the contract)."""
         out = {}
         for name, module in self.modules.items():
             out[name] = unwrap(module).state_dict()
@@ -193,6 +259,7 @@ class TrainStep:
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        """Inverse of ``state_dict``; optimisers missing from ``state`` keep their state."""
         for name, module in self.modules.items():
             unwrap(module).load_state_dict(state[name])
         for name, opt in self.optimizers.items():

@@ -1,9 +1,11 @@
 """The one trainer for every network (torchrun-native DDP, accumulation, exact resume).
 
-Small functions, in the order they run: ``setup_distributed`` -> ``build_step`` ->
+Small functions, in the order they run: ``setup_distributed`` -> ``build_train_step`` ->
 ``build_loaders`` -> ``Trainer.resume_or_init`` -> ``Trainer.fit`` (``train_one_epoch``,
 ``validate``, ``save``). What a network computes in a step lives in se.train_step (or the
-network's own step class named in the registry); this file owns the loop.
+network's own step class named in the registry); tensorboard media in se.tensorboard_media;
+this file owns the loop (about 670 lines: the loop with its fault handling, exact resume and
+DDP kept in one file that reads top to bottom).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import torch.distributed as torch_dist
 from se import checkpoint as ckpt
 from se import config as config_lib
 from se.data import DataDir, DataDirError, SegmentDataset, ShardedSampler, collate
-from se.models import build_network, get_entry, network_kwargs, resolve
-from se.train_step import LossForward, TrainStep, unwrap
+from se.models import build_network, get_entry, network_kwargs, resolve, same_network_kwargs
+from se.tensorboard_media import TrainingBoard
+from se.train_step import LossForward, TrainStep
 
 log = logging.getLogger("se.train")
 
@@ -136,24 +139,25 @@ def accumulation_steps(conf: dict, world_size: int) -> int:
     return max(1, conf["effec_batch_size"] // per_update)
 
 
-def build_step(conf: dict, dist: Dist) -> TrainStep:
+def build_train_step(conf: dict, dist: Dist) -> TrainStep:
+    """The network and its training step (the registry's ``train_step`` class, else TrainStep)."""
     torch.manual_seed(conf["seed"])  # identical initial weights on every rank
     model = build_network(conf["network"], conf)
     entry = get_entry(conf["network"])
     step_cls = resolve(entry.train_step) if entry.train_step else TrainStep
-    step = step_cls(model, conf, dist.device)
-    step.check_world_size(dist.world_size)
-    step.any_process = functools.partial(any_process, dist=dist)
-    for module in step.modules.values():
+    train_step = step_cls(model, conf, dist.device)
+    train_step.check_world_size(dist.world_size)
+    train_step.any_process = functools.partial(any_process, dist=dist)
+    for module in train_step.modules.values():
         module.to(dist.device)
     seed_process(conf["seed"], dist)
-    return step
+    return train_step
 
 
 def seed_process(seed: int, dist: Dist) -> None:
     """Seeds this process's global RNG streams (python, numpy, torch, its CUDA device) with
     ``seed`` offset by the rank: dropout masks differ between GPUs. What must agree on every
-    process does not use them: initial weights are drawn before (build_step), data order and
+    process does not use them: initial weights are drawn before (build_train_step), data order and
     crops come from (seed, epoch, item) (se.data.item_rng, ShardedSampler)."""
     rank_seed = seed + 1000003 * dist.rank
     random.seed(rank_seed)
@@ -173,40 +177,27 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def distribute(step: TrainStep, conf: dict, dist: Dist) -> None:
+def distribute(train_step: TrainStep, conf: dict, dist: Dist) -> None:
     """Wraps every module of the step in DistributedDataParallel (after optimisers exist)."""
     if not dist.enabled:
         return
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    for name, module in list(step.modules.items()):
+    for name, module in list(train_step.modules.items()):
         if conf["sync_batchnorm"]:
-            module = sync_batchnorm(module, dist)
-        target = LossForward(module) if name == "model" and not getattr(step, "custom_forward", False) else module
-        step.modules[name] = DDP(
+            module = train_step.sync_batchnorm(module, on_gpu=dist.device.type == "cuda")
+        target = LossForward(module) if name == "model" and train_step.loss_forward_for_ddp else module
+        train_step.modules[name] = DDP(
             target,
             device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
             find_unused_parameters=True,  # released architectures carry dead parameters
         )
 
 
-def sync_batchnorm(module: torch.nn.Module, dist: Dist) -> torch.nn.Module:
-    """Batch statistics over every process: layers that compute their own batch norm (FRCRN's
-    complex BN) synchronise through their ``sync_batchnorm()``; torch BatchNorms become
-    SyncBatchNorm on GPUs (SyncBatchNorm has no CPU implementation)."""
-    for sub in module.modules():
-        if hasattr(sub, "sync_batchnorm"):
-            sub.sync_batchnorm()
-    if dist.device.type == "cuda":
-        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return module
-
-
 def data_features(conf: dict):
     """A network's data-pipeline feature function (computed in loader workers), or None."""
-    cls = get_entry(conf["network"]).network_class()
-    fn = getattr(cls, "data_features", None)
-    return fn(conf) if fn is not None else None
+    entry = get_entry(conf["network"])
+    return resolve(entry.data_features)(conf) if entry.data_features else None
 
 
 def build_loaders(conf: dict, train_dir: str, valid_dir: str, dist: Dist):
@@ -251,11 +242,13 @@ def build_loaders(conf: dict, train_dir: str, valid_dir: str, dist: Dist):
 
 
 def check_resumable(state: dict, path: Path, conf: dict) -> None:
-    """Refuses to resume from a checkpoint of another network or size (the message names it)."""
-    for key in ("network", "network_kwargs"):
-        old = state.get(key)
-        new = conf["network"] if key == "network" else network_kwargs(conf["network"], conf)
-        if old != new:
+    """Refuses to resume from a checkpoint of another network or size (the message names it;
+    kwargs a checkpoint does not list are the constructor's defaults)."""
+    name = conf["network"]
+    old_kwargs, new_kwargs = state.get("network_kwargs") or {}, network_kwargs(name, conf)
+    for key, old, new in (("network", state.get("network"), name), ("network_kwargs", old_kwargs, new_kwargs)):
+        same = old == new if key == "network" else same_network_kwargs(name, old, new)
+        if not same:
             raise ckpt.CheckpointError(
                 f"{path}: cannot resume: the checkpoint has {key}={old!r} but the config says {new!r}. "
                 "Use another --exp-dir, or --start-over to train from scratch here."
@@ -317,7 +310,7 @@ def restore_rng_states(state: dict, conf: dict, dist: Dist) -> None:
 @dataclass
 class Progress:
     epoch: int = 0  # current epoch (0-based)
-    step: int = 0  # optimiser updates done
+    global_step: int = 0  # optimiser updates done
     batch_in_epoch: int = 0  # batches of the current epoch already consumed
     best_valid_loss: float = math.inf
     bad_epochs: int = 0
@@ -327,6 +320,14 @@ class Progress:
     bad_files: list = field(default_factory=list)  # unreadable training files met (skipped)
     stopped_early: bool = False  # early stopping happened: a re-run does not train on
     history: dict = field(default_factory=dict)  # checkpoint file -> valid loss
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Progress":
+        """From a checkpoint's ``trainer`` entry (files before the rename say ``step``)."""
+        state = dict(state)
+        if "step" in state:
+            state["global_step"] = state.pop("step")
+        return cls(**state)
 
 
 class Trainer:
@@ -338,10 +339,11 @@ class Trainer:
         self.start_over = start_over
         self.accum = accumulation_steps(conf, dist.world_size)
         set_deterministic(conf["deterministic"])
-        self.step = build_step(conf, dist)
+        self.train_step = build_train_step(conf, dist)
         self.train_loader, self.valid_loader = build_loaders(conf, train_dir, valid_dir, dist)
         self.progress = Progress()
-        self.writer = None
+        self.board: TrainingBoard | None = None  # rank 0's tensorboard, opened by fit()
+        self.global_step_at_start = 0  # updates done before this run (for the ETA)
         self._setup_precision()
 
     # -- setup ----------------------------------------------------------------------------
@@ -353,38 +355,36 @@ class Trainer:
         device_type = self.dist.device.type
         if precision == "fp16" and device_type != "cuda":
             raise config_lib.ConfigError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
-        self.step.autocast = functools.partial(torch.autocast, device_type=device_type, dtype=dtype)
+        self.train_step.autocast = functools.partial(torch.autocast, device_type=device_type, dtype=dtype)
         if precision == "fp16":
-            self.step.grad_scaler = torch.amp.GradScaler("cuda")
+            self.train_step.grad_scaler = torch.amp.GradScaler("cuda")
 
     def resume_or_init(self) -> None:
         """Resume from exp_dir/last_checkpoint, else load init_checkpoint_path (fine-tuning)."""
         last = None if self.start_over or not self.conf["train_from_last_checkpoint"] else ckpt.read_pointer(
             self.exp_dir, "last_checkpoint"
         )
-        model = unwrap(self.step.modules["model"])
+        train_step = self.train_step
         if last is not None:
             state = ckpt.torch_load(last)
             self._check_same_setup(state, last)
-            self.step.build_optimizers()
-            self.step.load_state_dict(state)
-            if self.step.grad_scaler is not None and state.get("grad_scaler"):
-                self.step.grad_scaler.load_state_dict(state["grad_scaler"])
-            self.progress = Progress(**state["trainer"])
+            train_step.build_optimizers()
+            train_step.load_state_dict(state)
+            if train_step.grad_scaler is not None and state.get("grad_scaler"):
+                train_step.grad_scaler.load_state_dict(state["grad_scaler"])
+            self.progress = Progress.from_state(state["trainer"])
             restore_rng_states(state, self.conf, self.dist)
             log.info("resumed from %s (epoch %d, update %d, %d batches into the epoch)", last,
-                     self.progress.epoch + 1, self.progress.step, self.progress.batch_in_epoch)
+                     self.progress.epoch + 1, self.progress.global_step, self.progress.batch_in_epoch)
         else:
             if self.conf["init_checkpoint_path"]:
                 ckpt.init_from_checkpoint(
-                    model, self.conf["init_checkpoint_path"], self.conf["min_init_loaded_fraction"],
+                    train_step.network, self.conf["init_checkpoint_path"], self.conf["min_init_loaded_fraction"],
                     print_fn=log.info,
                 )
-                init_extra = getattr(self.step, "init_extra", None)
-                if init_extra is not None:
-                    init_extra(self.conf["init_checkpoint_path"])
-            self.step.build_optimizers()
-        distribute(self.step, self.conf, self.dist)
+                train_step.init_extra(self.conf["init_checkpoint_path"])
+            train_step.build_optimizers()
+        distribute(train_step, self.conf, self.dist)
 
     def _check_same_setup(self, state: dict, path: Path) -> None:
         check_resumable(state, path, self.conf)
@@ -412,15 +412,15 @@ class Trainer:
         # ClearVoice's model.ckpt-<epoch>-<step>.pt, epoch counted from 1 (the current one when
         # saved inside an epoch, the finished one at its end)
         epoch = p.epoch + (1 if p.batch_in_epoch else 0)
-        name = ckpt.checkpoint_name(epoch, p.step)
+        name = ckpt.checkpoint_name(epoch, p.global_step)
         if valid_loss is not None and math.isfinite(valid_loss):  # averaging ranks by it
             p.history[name] = valid_loss
-        state = self.step.state_dict()
+        state = self.train_step.state_dict()
         state.update(
-            epoch=epoch, step=p.step, network=self.conf["network"], network_kwargs=self.network_kwargs(),
+            epoch=epoch, step=p.global_step, network=self.conf["network"], network_kwargs=self.network_kwargs(),
             sampling_rate=self.conf["sampling_rate"], config=dict(self.conf), trainer=vars(p).copy(),
             rng=rng_per_rank[0], rng_per_rank=rng_per_rank, world_size=self.dist.world_size, accum=self.accum,
-            grad_scaler=self.step.grad_scaler.state_dict() if self.step.grad_scaler is not None else None,
+            grad_scaler=self.train_step.grad_scaler.state_dict() if self.train_step.grad_scaler is not None else None,
         )
         previous = ckpt.read_pointer(self.exp_dir, "last_checkpoint")
         try:
@@ -437,10 +437,12 @@ class Trainer:
     # -- training -------------------------------------------------------------------------
     def _no_sync(self, sync: bool):
         """Skip DDP's all-reduce on micro-steps that do not end an update."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
         stack = contextlib.ExitStack()
         if not sync:
-            for module in self.step.modules.values():
-                if hasattr(module, "no_sync"):
+            for module in self.train_step.modules.values():
+                if isinstance(module, DDP):
                     stack.enter_context(module.no_sync())
         return stack
 
@@ -448,15 +450,8 @@ class Trainer:
         return {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()
                 if k not in ("index", "bad_files")}
 
-    def _set_train(self, train: bool) -> None:
-        for module in self.step.modules.values():
-            module.train(train)
-
-    def _lrs(self) -> float:
-        return self.step.optimizers["model"].param_groups[0]["lr"]
-
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.train_loader.sampler._indices()) / self.conf["batch_size"])
+        return math.ceil(len(self.train_loader.sampler.epoch_indices()) / self.conf["batch_size"])
 
     def total_updates(self) -> int:
         per_epoch = math.ceil(self.batches_per_epoch() / self.accum)
@@ -464,14 +459,14 @@ class Trainer:
         return min(total, self.conf["max_steps"]) if self.conf["max_steps"] else total
 
     def reached_max_steps(self) -> bool:
-        return bool(self.conf["max_steps"]) and self.progress.step >= self.conf["max_steps"]
+        return bool(self.conf["max_steps"]) and self.progress.global_step >= self.conf["max_steps"]
 
     def train_one_epoch(self) -> None:
         p, conf = self.progress, self.conf
         sampler = self.train_loader.sampler
         sampler.set_epoch(p.epoch, skip=p.batch_in_epoch * conf["batch_size"])
         self.train_loader.dataset.set_epoch(p.epoch)
-        self._set_train(True)
+        self.train_step.set_train(True)
         num_batches = p.batch_in_epoch + len(self.train_loader)
         sums: dict[str, float] = {}
         count = 0
@@ -487,7 +482,7 @@ class Trainer:
             pending["bad_files"] += batch.get("bad_files", [])
             data = self._to_device(batch)
             with self._no_sync(is_update):
-                parts = self.step.micro_step(data.pop("noisy"), data.pop("clean"), 1.0 / self.accum, **data)
+                parts = self.train_step.micro_step(data.pop("noisy"), data.pop("clean"), 1.0 / self.accum, **data)
             pending["finite"] &= all(math.isfinite(v) for v in parts.values())
             samples += batch["noisy"].shape[0] * self.dist.world_size
             for k, v in parts.items():
@@ -495,26 +490,26 @@ class Trainer:
             count += 1
             if not is_update:
                 continue
-            upd = self.step.update(loss_finite=pending["finite"])
-            p.step += 1
+            upd = self.train_step.update(loss_finite=pending["finite"])
+            p.global_step += 1
             self._after_update(upd, pending)
             pending = None
-            if p.step % conf["print_freq"] == 0 or p.step == 1:
+            if p.global_step % conf["print_freq"] == 0 or p.global_step == 1:
                 self._log_train(sums, count, upd, samples, t_start, total)
                 sums, count = {}, 0
             if self.reached_max_steps():
                 break  # fit() validates and saves
-            if conf["checkpoint_save_freq"] and p.step % conf["checkpoint_save_freq"] == 0:
+            if conf["checkpoint_save_freq"] and p.global_step % conf["checkpoint_save_freq"] == 0:
                 self.save(None)
 
     def _snapshot_buffers(self) -> list[torch.Tensor]:
         """Copies of every module buffer (BatchNorm running statistics and counts, ...): the
         forward pass changes them before the loss is known."""
-        return [b.detach().clone() for m in self.step.modules.values() for b in m.buffers()]
+        return [b.detach().clone() for m in self.train_step.modules.values() for b in m.buffers()]
 
     def _restore_buffers(self, saved: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for b, old in zip((b for m in self.step.modules.values() for b in m.buffers()), saved):
+            for b, old in zip((b for m in self.train_step.modules.values() for b in m.buffers()), saved):
                 b.copy_(old)
 
     def _after_update(self, upd: dict[str, float], pending: dict) -> None:
@@ -527,7 +522,7 @@ class Trainer:
             self._restore_buffers(pending["buffers"])
             p.overflow_steps += 1
             log.info("update %d: fp16 gradient overflow, update skipped and loss scale lowered to %g "
-                     "(%d such skips in all)", p.step, self.step.grad_scaler.get_scale(), p.overflow_steps)
+                     "(%d such skips in all)", p.global_step, self.train_step.grad_scaler.get_scale(), p.overflow_steps)
             return
         if not upd.get("nonfinite"):
             p.bad_steps_in_row = 0
@@ -538,7 +533,7 @@ class Trainer:
         data = self.train_loader.dataset.data
         utts = sorted({data.utterances[i].utt for i in pending["index"]})
         log.warning("update %d: non-finite %s, update skipped, weights, buffers and optimiser state kept "
-                    "(%d in a row, %d in all); utterances of this process's batch: %s", p.step,
+                    "(%d in a row, %d in all); utterances of this process's batch: %s", p.global_step,
                     "loss" if not pending["finite"] else "gradient", p.bad_steps_in_row, p.skipped_steps,
                     " ".join(utts))
         if p.bad_steps_in_row >= conf["max_bad_steps"]:
@@ -573,19 +568,16 @@ class Trainer:
         p = self.progress
         elapsed = max(1e-9, time.time() - t_start)
         rate = samples / elapsed
-        updates_left = max(0, total - p.step)
-        sec_per_update = elapsed / max(1, p.step - getattr(self, "_step_at_start", 0))
+        updates_left = max(0, total - p.global_step)
+        sec_per_update = elapsed / max(1, p.global_step - self.global_step_at_start)
         eta = datetime.timedelta(seconds=int(updates_left * sec_per_update))
         parts = " ".join(f"{k}={v / max(1, count):.4f}" for k, v in sorted(sums.items()))
         log.info("epoch %d update %d/%d %s grad_norm=%.3f lr=%.2e %.1f samples/s ETA %s",
-                 p.epoch + 1, p.step, total, parts, upd.get("grad_norm", float("nan")), self._lrs(), rate, eta)
-        if self.writer is not None:
-            for k, v in sums.items():
-                self.writer.add_scalar(f"train/{k}", v / max(1, count), p.step)
-            for k, v in upd.items():
-                self.writer.add_scalar(f"train/{k}", v, p.step)
-            self.writer.add_scalar("train/lr", self._lrs(), p.step)
-            self.writer.add_scalar("train/samples_per_s", rate, p.step)
+                 p.epoch + 1, p.global_step, total, parts, upd.get("grad_norm", float("nan")), self.train_step.current_learning_rate(), rate, eta)
+        if self.board is not None:
+            means = {k: v / max(1, count) for k, v in sums.items()}
+            self.board.scalars("train", {**means, **upd, "lr": self.train_step.current_learning_rate(),
+                                         "samples_per_s": rate}, p.global_step)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -595,16 +587,16 @@ class Trainer:
         they stay in the means (a non-finite mean is never taken as the best)."""
         if self.dist.enabled:
             # every rank validates rank 0's model: BatchNorm running statistics are per rank
-            for module in self.step.modules.values():
+            for module in self.train_step.modules.values():
                 for buf in module.buffers():
                     torch_dist.broadcast(buf, 0)
-        self._set_train(False)
+        self.train_step.set_train(False)
         sums: dict[str, float] = {}
         n = bad = 0
         for batch in self.valid_loader:
             data = self._to_device(batch)
             b = batch["noisy"].shape[0]
-            parts = self.step.valid_step(data.pop("noisy"), data.pop("clean"), **data)
+            parts = self.train_step.valid_step(data.pop("noisy"), data.pop("clean"), **data)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * b
             n += b
@@ -612,56 +604,9 @@ class Trainer:
         keys = sorted(sums)
         totals = all_reduce_sum([sums[k] for k in keys] + [float(bad), float(n)], self.dist)
         count = totals[-1]
-        self._set_train(True)
+        self.train_step.set_train(True)
         return ({k: totals[i] / max(1.0, count) for i, k in enumerate(keys)}
                 | {"nonfinite_utterances": totals[-2], "utterances": count})
-
-    @torch.no_grad()
-    def log_valid_examples(self) -> dict[str, float]:
-        """SI-SDR / PESQ of a few fixed validation utterances (whole files, default decode
-        path), and their audio and spectrograms, to tensorboard. Rank 0 only."""
-        num = self.conf["valid_utterances_to_log"]
-        if self.writer is None or num <= 0:
-            return {}
-        from se.audio import read_audio
-        from se.enhance import enhance_signal
-        from se.metrics.pesq_mos import pesq_wb
-        from se.metrics.sdr import si_sdr
-        from se.resample import resample
-
-        data = self.valid_loader.dataset.data
-        rate = self.conf["sampling_rate"]
-        model = unwrap(self.step.modules["model"])
-        model.eval()
-        scores: dict[str, list[float]] = {"si_sdr": [], "pesq_wb": []}
-        for i, u in enumerate(data.utterances[:num]):
-            noisy, _ = read_audio(u.noisy, expected_rate=rate)
-            clean, _ = read_audio(u.clean, expected_rate=rate)
-            est = enhance_signal(model, noisy, segment=10 * rate, overlap=rate, device=self.dist.device)
-            if not np.isfinite(est).all():
-                log.warning("validation example %s: the enhanced signal is NOT FINITE (not scored or logged)", u.utt)
-                scores["si_sdr"].append(math.nan)
-                continue
-            scores["si_sdr"].append(si_sdr(clean, est))
-            try:
-                scores["pesq_wb"].append(pesq_wb(resample(clean, rate, 16000), resample(est, rate, 16000)))
-            except Exception:  # silent or too short: PESQ undefined for this utterance
-                pass
-            step = self.progress.step
-            peak = max(1e-6, float(np.abs(est).max()))
-            self.writer.add_audio(f"valid_audio/{u.utt}/enhanced", torch.from_numpy(est / peak).float()[None],
-                                  step, sample_rate=rate)
-            if step == 0 or not getattr(self, "_logged_inputs", False):
-                for name, x in (("noisy", noisy), ("clean", clean)):
-                    self.writer.add_audio(f"valid_audio/{u.utt}/{name}", torch.from_numpy(x).float()[None],
-                                          step, sample_rate=rate)
-            self.writer.add_figure(f"valid_spectrogram/{u.utt}", spectrogram_figure(noisy, est, clean, rate), step)
-        self._logged_inputs = True
-        model.train()
-        means = {f"examples_{k}": float(np.mean(v)) for k, v in scores.items() if v}
-        for k, v in means.items():
-            self.writer.add_scalar(f"valid/{k}", v, self.progress.step)
-        return means
 
     def end_of_epoch(self, valid: dict[str, float]) -> bool:
         """Plateau bookkeeping; returns True when training should stop early."""
@@ -678,28 +623,24 @@ class Trainer:
         else:
             p.bad_epochs += 1
             if conf["lr_halve_patience"] and p.bad_epochs % conf["lr_halve_patience"] == 0:
-                for opt in self.step.optimizers.values():
-                    for group in opt.param_groups:  # every group (ClearVoice halves only the first)
-                        group["lr"] *= 0.5
-                log.info("no improvement for %d epochs: learning rate halved to %.2e", p.bad_epochs, self._lrs())
+                self.train_step.scale_learning_rates(0.5)
+                log.info("no improvement for %d epochs: learning rate halved to %.2e", p.bad_epochs, self.train_step.current_learning_rate())
         log.info("epoch %d validation: %s (best %.4f)%s", p.epoch + 1,
                  " ".join(f"{k}={v:.4f}" for k, v in sorted(valid.items())), p.best_valid_loss,
                  "" if improved else f", {p.bad_epochs} epoch(s) without improvement")
-        if self.writer is not None:
-            for k, v in valid.items():
-                self.writer.add_scalar(f"valid/{k}", v, p.step)
+        if self.board is not None:
+            self.board.scalars("valid", valid, p.global_step)
         return bool(conf["early_stop_patience"]) and p.bad_epochs >= conf["early_stop_patience"]
 
     def fit(self) -> None:
         conf, p = self.conf, self.progress
         if self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"))
+            self.board = TrainingBoard(self.exp_dir / "tensorboard", conf["sampling_rate"],
+                                       conf["valid_utterances_to_log"])
         log.info("%s: %d processes x batch %d x accumulation %d = effective batch %d; %d updates planned",
                  conf["network"], self.dist.world_size, conf["batch_size"], self.accum,
                  conf["batch_size"] * self.dist.world_size * self.accum, self.total_updates())
-        self._step_at_start = p.step
+        self.global_step_at_start = p.global_step
         if p.stopped_early:
             log.info("training in %s stopped early already (best validation loss %.4f); use --start-over "
                      "to train again", self.exp_dir, p.best_valid_loss)
@@ -709,9 +650,11 @@ class Trainer:
             self.train_one_epoch()
             epoch_done = not self.reached_max_steps() or p.batch_in_epoch >= self.batches_per_epoch()
             valid = self.validate()
-            if self.dist.is_main:
-                log.info("validation examples: %s", " ".join(
-                    f"{k}={v:.3f}" for k, v in self.log_valid_examples().items()) or "none")
+            if self.board is not None:
+                examples = self.board.log_valid_examples(
+                    self.train_step.network, self.valid_loader.dataset.data.utterances, self.dist.device,
+                    p.global_step)
+                log.info("validation examples: %s", " ".join(f"{k}={v:.3f}" for k, v in examples.items()) or "none")
             stop = self.end_of_epoch(valid)
             if epoch_done:
                 p.epoch += 1
@@ -719,26 +662,8 @@ class Trainer:
             p.stopped_early = stop
             self.save(valid["loss"])
             stop = stop or self.reached_max_steps()
-        if self.writer is not None:
-            self.writer.close()
+        if self.board is not None:
+            self.board.close()
         log.info("training finished after %d updates (%d epochs); best validation loss %.4f",
-                 p.step, p.epoch, p.best_valid_loss)
+                 p.global_step, p.epoch, p.best_valid_loss)
 
-
-def spectrogram_figure(noisy: np.ndarray, enhanced: np.ndarray, clean: np.ndarray, rate: int):
-    """Noisy / enhanced / clean log spectrograms, one above the other (matplotlib figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True)
-    n_fft = 512 * max(1, rate // 16000)
-    for ax, (name, x) in zip(axes, (("noisy", noisy), ("enhanced", enhanced), ("clean", clean))):
-        with np.errstate(divide="ignore"):
-            ax.specgram(np.asarray(x, dtype=np.float64) + 1e-9, NFFT=n_fft, Fs=rate, noverlap=n_fft // 2,
-                        cmap="magma", vmin=-120)
-        ax.set_ylabel(f"{name}\nHz")
-    axes[-1].set_xlabel("s")
-    fig.tight_layout()
-    return fig

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +53,40 @@ def make_dir(root: Path, name: str, count: int, seconds: float, fs: int, seed: i
 # se.bin.train options of the recipe tests: a tiny FRCRN_SE_16K and a handful of steps on CPU
 TINY_FRCRN_ARGS = ("--max_steps 2 --batch_size 2 --effec_batch_size 2 --num_workers 0 --valid_utterances_to_log 0 "
                    "--network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}'")
+
+
+# ------------------------------------------------------------------------------------------
+# the tiny trained experiment (tests/conftest.py trains it once per session: trained_frcrn)
+# ------------------------------------------------------------------------------------------
+TINY_FRCRN = {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}
+TINY_FRCRN_YAML = "{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}"
+
+
+def make_train_valid(root: Path) -> Path:
+    """12 training and 5 validation pairs of 0.6 s at 16 kHz as data dirs ``<root>/data/{train,valid}``."""
+    make_dir(root, "train", 12, 0.6, 16000, seed=1)
+    make_dir(root, "valid", 5, 0.6, 16000, seed=100)
+    return root / "data"
+
+
+def train_cmd(data: Path, exp: Path, *extra: str, python=(sys.executable,)) -> list[str]:
+    """``se.bin.train`` of a tiny FRCRN_SE_16K on ``data`` (make_train_valid) into ``exp``."""
+    return [*python, "-m", "se.bin.train", "--train-data", str(data / "train"), "--valid-data",
+            str(data / "valid"), "--exp-dir", str(exp), "--network", "FRCRN_SE_16K",
+            "--network_kwargs", TINY_FRCRN_YAML, "--max_length", "0.5", "--batch_size", "2", "--num_workers", "1",
+            "--init_learning_rate", "0.003", "--print_freq", "1", "--seed", "3",
+            # no tensorboard examples (PESQ, plots: seconds per validation) unless a test asks for them
+            "--valid_utterances_to_log", "0", *extra]
+
+
+def train_env() -> dict:
+    """Environment of a training subprocess: this checkout importable, one thread, no torchrun rank."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    return env
+
+
+def train_tiny_frcrn(data: Path, exp: Path) -> Path:
+    """Trains the tiny FRCRN 6 updates into ``exp``: exactly epoch 1 (12 items / batch 2)."""
+    subprocess.run(train_cmd(data, exp, "--max_steps", "6"), env=train_env(), check=True, capture_output=True)
+    return exp

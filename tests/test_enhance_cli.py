@@ -7,9 +7,8 @@ import torch
 
 from se.bin import enhance
 from se.models import build_network
+from tests.helpers import TINY_FRCRN
 from tests.release_checkpoints import load_manifest, release_state_dict, write_release_checkpoint
-
-TINY_FRCRN = {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}
 
 # network -> (manifest name, release constants of our module: release key -> our key)
 RELEASES = {
@@ -52,15 +51,9 @@ def test_release_checkpoint_compat_decode_reproduces_reference(network, clearvoi
 
 
 @pytest.fixture()
-def tiny_frcrn(tmp_path):
-    """A self-describing checkpoint of a tiny FRCRN (what our trainer writes)."""
-    model = build_network("FRCRN_SE_16K", {"network_kwargs": TINY_FRCRN})
-    from se.models import network_kwargs
-
-    path = tmp_path / "tiny.pt"
-    torch.save({"model": model.state_dict(), "network": "FRCRN_SE_16K", "sampling_rate": 16000,
-                "network_kwargs": network_kwargs("FRCRN_SE_16K", {"network_kwargs": TINY_FRCRN})}, path)
-    return path
+def tiny_frcrn(trained_frcrn):
+    """The session's tiny trained experiment dir (tests/conftest.py), read by --checkpoint."""
+    return trained_frcrn
 
 
 def write(path, x, rate, **kw):

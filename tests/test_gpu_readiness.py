@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from se import config
 from se.models import build_network, get_entry, resolve
-from se.trainer import Dist, Trainer, build_step, resolve_config, set_deterministic
+from se.trainer import Dist, Trainer, build_train_step, resolve_config, set_deterministic
 from tests.helpers import make_dir, tone_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ def _gan_rank(rank: int, world: int, data: Path, root: Path) -> dict:
             "gan_loss_mode": "fixed", "pesq_workers": 0, "init_learning_rate": 1e-3, "weight_decay": 0.0,
             "clip_grad_norm": 10.0, "seed": 5, "sync_batchnorm": True}
     dist = Dist(rank, rank, world)
-    step = build_step(conf, dist)
+    step = build_train_step(conf, dist)
     step.build_optimizers()
     distribute(step, conf, dist)
     failed = []
@@ -201,8 +201,8 @@ def test_clearvoice_gan_mode_refused_with_two_processes():
     conf = {"network": "MossFormerGAN_SE_16K", "network_kwargs": GAN_TINY, "discriminator_kwargs": DISC_TINY,
             "gan_loss_mode": "clearvoice", "seed": 1}
     with pytest.raises(ValueError, match="gan_loss_mode clearvoice .* one process"):
-        build_step(conf, Dist(0, 0, 2))
-    build_step(conf, Dist())  # one process: allowed
+        build_train_step(conf, Dist(0, 0, 2))
+    build_train_step(conf, Dist())  # one process: allowed
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,9 +227,9 @@ def _bn_module():
 
 
 def _sync_bn_rank(rank: int, world: int, data: Path, root: Path) -> dict:
-    from se.trainer import sync_batchnorm
+    from se.train_step import TrainStep
 
-    bn = sync_batchnorm(_bn_module(), Dist(rank, rank, world)).train()
+    bn = TrainStep.sync_batchnorm(_bn_module(), on_gpu=False).train()
     x, w = _bn_inputs(rank)
     x.requires_grad_(True)
     y = bn(x)
@@ -277,41 +277,41 @@ def test_fp16_scaler_overflow_skips_are_not_failures(data, tmp_path):
     trainer = frcrn_trainer(data, tmp_path / "exp", max_steps=2, max_bad_steps=1, max_epoch=1)
     trainer.resume_or_init()
     # fp16's grad scaler (its CPU variant) at a scale that overflows every gradient
-    trainer.step.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
-    before = _weights(trainer.step)
+    trainer.train_step.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+    before = _weights(trainer.train_step)
     trainer.fit()  # failed: counted as 2 non-finite updates > max_bad_steps 1
     p = trainer.progress
-    assert (p.step, p.overflow_steps, p.skipped_steps) == (2, 2, 0)
-    assert trainer.step.grad_scaler.get_scale() == 2.0 ** 125
-    after = _weights(trainer.step)
+    assert (p.global_step, p.overflow_steps, p.skipped_steps) == (2, 2, 0)
+    assert trainer.train_step.grad_scaler.get_scale() == 2.0 ** 125
+    after = _weights(trainer.train_step)
     assert all(torch.equal(before[k], after[k]) for k in before)  # no step, buffers restored
     # an update after a micro-step without gradients touches neither the scaler nor the weights
-    upd = trainer.step.update()  # failed: "No inf checks were recorded for this optimizer"
-    assert upd["nonfinite"] == upd["scaler_overflow"] == 0 and trainer.step.grad_scaler.get_scale() == 2.0 ** 125
+    upd = trainer.train_step.update()  # failed: "No inf checks were recorded for this optimizer"
+    assert upd["nonfinite"] == upd["scaler_overflow"] == 0 and trainer.train_step.grad_scaler.get_scale() == 2.0 ** 125
 
 
 def _agree_rank(rank: int, world: int, data: Path, root: Path) -> dict:
     trainer = frcrn_trainer(data, root / "agree", Dist(rank, rank, world))
     trainer.resume_or_init()
     batch = next(iter(trainer.train_loader))
-    parts = trainer.step.micro_step(batch["noisy"], batch["clean"], 1.0)
+    parts = trainer.train_step.micro_step(batch["noisy"], batch["clean"], 1.0)
     # only process 1 sees a non-finite loss: both skip, neither steps
-    upd = trainer.step.update(loss_finite=rank == 0)
-    return {"parts": parts, "upd": upd, "weights": _weights(trainer.step)}
+    upd = trainer.train_step.update(loss_finite=rank == 0)
+    return {"parts": parts, "upd": upd, "weights": _weights(trainer.train_step)}
 
 
 def test_non_finite_loss_on_one_process_skips_the_update_on_every_process(data, tmp_path, two_processes):
     results = outcome(two_processes, "agree")
     ref = frcrn_trainer(data, tmp_path / "ref")
-    ref.step.build_optimizers()
+    ref.train_step.build_optimizers()
     # the trainable weights (fixed STFT kernels are built with LAPACK, whose last bits can
     # depend on the thread count of the process that built them)
     from se.train_step import unwrap
 
-    trainable = {k for k, v in unwrap(ref.step.modules["model"]).named_parameters() if v.requires_grad}
+    trainable = {k for k, v in unwrap(ref.train_step.modules["model"]).named_parameters() if v.requires_grad}
     for res in results:
         assert res["upd"]["nonfinite"] == 1.0
-        assert all(torch.equal(res["weights"][k], v) for k, v in _weights(ref.step).items() if k in trainable)
+        assert all(torch.equal(res["weights"][k], v) for k, v in _weights(ref.train_step).items() if k in trainable)
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,12 +359,12 @@ def test_resume_with_fewer_processes_takes_its_own_rank_state(caplog):
 
 def test_initial_weights_agree_and_dropout_streams_differ_between_processes():
     conf = {"network": "FRCRN_SE_16K", "network_kwargs": FRCRN_TINY, "seed": 4}
-    s0, s1 = build_step(conf, Dist(0, 0, 2)), build_step(conf, Dist(1, 1, 2))
+    s0, s1 = build_train_step(conf, Dist(0, 0, 2)), build_train_step(conf, Dist(1, 1, 2))
     for a, b in zip(s0.modules["model"].parameters(), s1.modules["model"].parameters()):
         assert torch.equal(a, b)
-    build_step(conf, Dist(0, 0, 2))
+    build_train_step(conf, Dist(0, 0, 2))
     a = torch.rand(4)
-    build_step(conf, Dist(1, 1, 2))
+    build_train_step(conf, Dist(1, 1, 2))
     assert not torch.equal(a, torch.rand(4))
 
 

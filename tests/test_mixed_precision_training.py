@@ -95,11 +95,11 @@ def test_fp16_updates_with_the_grad_scaler_under_cpu_autocast(network, kwargs):
     import torch
 
     from se import config
-    from se.trainer import Dist, build_step, data_features, resolve_config
+    from se.trainer import Dist, build_train_step, data_features, resolve_config
     from tests.helpers import tone_pair
 
     conf = resolve_config(config.load(None, {"network": network, "network_kwargs": kwargs, "fbank_dither": 0.0}))
-    step = build_step(conf, Dist())
+    step = build_train_step(conf, Dist())
     step.build_optimizers()
     step.autocast = functools.partial(torch.autocast, device_type="cpu", dtype=torch.float16)
     step.grad_scaler = torch.amp.GradScaler("cpu")  # what the trainer sets up for fp16 (on CUDA)

@@ -374,7 +374,7 @@ def test_registry_and_config():
     assert kwargs["width"] == 32 and kwargs["win_len"] == 1920
     assert isinstance(MossFormer2SE(**kwargs), MossFormer2SE)
     json.dumps(kwargs)  # storable in checkpoints
-    with pytest.raises(ValueError, match="unknown MossFormer2_SE_48K network_kwargs"):
+    with pytest.raises(ValueError, match="network_kwargs: unknown key 'depth' for MossFormer2_SE_48K; allowed: "):
         MossFormer2SE.from_config({"network_kwargs": {"depth": 3}})
     with pytest.raises(ValueError, match="48000 Hz"):
         MossFormer2SE.from_config({"sampling_rate": 16000})

@@ -229,7 +229,7 @@ def _disc_grads(step):
 
 def test_registry_builds_gan_step_with_clearvoice_checkpoint_keys():
     step = _step()
-    assert isinstance(step, GANTrainStep) and step.custom_forward
+    assert isinstance(step, GANTrainStep) and not step.loss_forward_for_ddp
     assert set(step.modules) == {"model", "discriminator"}
     assert set(step.optimizers) == {"model", "disc"}
     assert set(step.state_dict()) == {"model", "discriminator", "optimizer", "optimizer_disc"}
@@ -398,8 +398,9 @@ def test_convert_reports_missing_and_unexpected_keys():
 # ---------------------------------------------------------------------------------- config / errors
 def test_from_config_and_errors():
     conf = {"win_len": 400, "win_inc": 100, "fft_len": 400, "win_type": "hamming", "network_kwargs": TINY_G}
-    assert MossFormerGAN.config_kwargs(conf) == {"win_len": 400, "win_inc": 100, "fft_len": 400,
-                                                 "win_type": "hamming", **TINY_G}
+    kwargs = MossFormerGAN.config_kwargs(conf)  # every constructor keyword (self-describing checkpoints)
+    assert kwargs == {**kwargs, "win_len": 400, "win_inc": 100, "fft_len": 400, "win_type": "hamming", **TINY_G}
+    assert kwargs["n_head"] == 4 and kwargs["checkpoint_blocks"] is True
     model = MossFormerGAN.from_config(conf)
     assert len(model.blocks) == 1
     # resolved configs say 0 / "" for "the network's default"; inference-YAML decode keys
@@ -408,7 +409,7 @@ def test_from_config_and_errors():
     assert other.win_len == 400 and other.one_time_decode_length == 20.0
     with pytest.raises(ValueError, match="win_type"):
         MossFormerGAN.from_config({"win_type": "kaiser"})
-    with pytest.raises(ValueError, match="bad network_kwargs"):
+    with pytest.raises(ValueError, match="network_kwargs: unknown key 'channels' for MossFormerGAN_SE_16K; allowed: "):
         MossFormerGAN.from_config({"network_kwargs": {"channels": 3}})
     with pytest.raises(ValueError, match=r"expects \(B, 2, T, 201\), got \(2, 161, 201\)"):
         model(torch.zeros(2, 161, 201))

@@ -29,11 +29,11 @@ def test_bf16_training_step_on_cpu_keeps_spectra_fp32(tmp_path):
     trainer = Trainer(conf, str(tmp_path / "data/train"), str(tmp_path / "data/train"), str(tmp_path / "exp"), Dist())
     trainer.resume_or_init()
     batch = next(iter(trainer.train_loader))
-    parts = trainer.step.micro_step(batch["noisy"], batch["clean"], 1.0, features=batch["features"])
-    upd = trainer.step.update()
+    parts = trainer.train_step.micro_step(batch["noisy"], batch["clean"], 1.0, features=batch["features"])
+    upd = trainer.train_step.update()
     assert all(torch.isfinite(torch.tensor(v)) for v in (*parts.values(), *upd.values()))
-    model = trainer.step.modules["model"]
-    with trainer.step.autocast():
+    model = trainer.train_step.modules["model"]
+    with trainer.train_step.autocast():
         assert model.stft(batch["noisy"]).dtype == torch.complex64
 
 

@@ -1,44 +1,21 @@
 """Trainer: exact resume after kill -9, DDP validation equality, fine-tuning init, health."""
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from se import checkpoint as ckpt
-from tests.helpers import make_dir
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = "{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}"
+from tests.helpers import TINY_FRCRN_YAML, train_cmd, train_env
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dir(root, "train", 12, 0.6, 16000, seed=1)
-    make_dir(root, "valid", 5, 0.6, 16000, seed=100)
-    return root / "data"
-
-
-def train_cmd(data, exp, *extra, python=(sys.executable,)):
-    return [*python, "-m", "se.bin.train", "--train-data", str(data / "train"), "--valid-data",
-            str(data / "valid"), "--exp-dir", str(exp), "--network", "FRCRN_SE_16K",
-            "--network_kwargs", TINY, "--max_length", "0.5", "--batch_size", "2", "--num_workers", "1",
-            "--init_learning_rate", "0.003", "--print_freq", "1", "--seed", "3",
-            # no tensorboard examples (PESQ, plots: seconds per validation) unless a test asks for them
-            "--valid_utterances_to_log", "0", *extra]
-
-
-def env():
-    e = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    e.pop("RANK", None)
-    return e
+def data(tiny_train_data):
+    return tiny_train_data
 
 
 def final_model(exp) -> dict:
@@ -46,22 +23,20 @@ def final_model(exp) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
-    """One short training (3 updates, inside epoch 1) shared by the tests that only read its
-    experiment dir (or copy it)."""
-    exp = tmp_path_factory.mktemp("trained") / "exp"
-    subprocess.run(train_cmd(data, exp, "--max_steps", "3"), env=env(), check=True, capture_output=True)
-    return exp
+def trained(trained_frcrn):
+    """The session's tiny trained experiment (6 updates = epoch 1; tests/conftest.py):
+    read here, or copied before a test resumes it."""
+    return trained_frcrn
 
 
 def test_resume_after_kill_is_exact(data, tmp_path):
     # with the default tensorboard examples: their logging must not disturb the resumed RNG streams
     steps = ["--max_steps", "10", "--checkpoint_save_freq", "5", "--max_epoch", "3", "--valid_utterances_to_log", "3"]
     ref = tmp_path / "ref"
-    subprocess.run(train_cmd(data, ref, *steps), env=env(), check=True, capture_output=True)
+    subprocess.run(train_cmd(data, ref, *steps), env=train_env(), check=True, capture_output=True)
 
     exp = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(data, exp, *steps), env=env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_cmd(data, exp, *steps), env=train_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -74,10 +49,13 @@ def test_resume_after_kill_is_exact(data, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
     assert ckpt.read_pointer(exp, "last_checkpoint").name == "model.ckpt-1-5.pt"
 
-    out = subprocess.run(train_cmd(data, exp, *steps), env=env(), check=True, capture_output=True, text=True)
+    out = subprocess.run(train_cmd(data, exp, *steps), env=train_env(), check=True, capture_output=True, text=True)
     assert "resumed from" in out.stderr and "update 5" in out.stderr
     a, b = final_model(ref), final_model(exp)
     assert a["step"] == b["step"] == 10
+    # 6 batches per epoch: max_steps 10 stops inside epoch 2, which the checkpoint says
+    assert (a["trainer"]["epoch"], a["trainer"]["batch_in_epoch"]) == (1, 4)
+    assert ckpt.read_pointer(ref, "last_checkpoint").name == "model.ckpt-2-10.pt"
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in ("exp_avg", "exp_avg_sq"):
@@ -105,17 +83,17 @@ def test_resume_refuses_other_network_size(data, trained, tmp_path):
     exp = tmp_path / "exp"
     shutil.copytree(trained, exp)  # a trained experiment (3 updates) to resume
     cmd = train_cmd(data, exp, "--max_steps", "4")
-    cmd[cmd.index(TINY)] = "{channels: 8, fsmn_hidden: 4, se_reduction: 2, lorder: 3}"
-    out = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    cmd[cmd.index(TINY_FRCRN_YAML)] = "{channels: 8, fsmn_hidden: 4, se_reduction: 2, lorder: 3}"
+    out = subprocess.run(cmd, env=train_env(), capture_output=True, text=True)
     assert out.returncode == 1 and "cannot resume" in out.stderr and "--start-over" in out.stderr
-    out = subprocess.run(cmd + ["--start-over"], env=env(), capture_output=True, text=True)
+    out = subprocess.run(cmd + ["--start-over"], env=train_env(), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
 
 def test_torchrun_two_processes_validation_equals_single(data, tmp_path):
     exp = tmp_path / "ddp"
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    out = subprocess.run(train_cmd(data, exp, "--max_steps", "3", python=torchrun), env=env(),
+    out = subprocess.run(train_cmd(data, exp, "--max_steps", "3", python=torchrun), env=train_env(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 processes x batch 2 x accumulation 1 = effective batch 4" in out.stderr
@@ -130,8 +108,8 @@ def test_torchrun_two_processes_validation_equals_single(data, tmp_path):
 
     conf = resolve_config(config.load(exp / "config.yaml"))
     trainer = Trainer(conf, str(data / "train"), str(data / "valid"), str(tmp_path / "single"), Dist())
-    trainer.step.modules["model"].load_state_dict(state["model"])
-    trainer.step.build_optimizers()
+    trainer.train_step.modules["model"].load_state_dict(state["model"])
+    trainer.train_step.build_optimizers()
     single = trainer.validate()
     assert single["utterances"] == 5
     assert single["loss"] == pytest.approx(ddp_valid, rel=1e-6)
@@ -158,17 +136,17 @@ def test_init_prints_key_table_and_refuses_mostly_empty(data, tmp_path, capsys):
     assert "missing" in table and "unexpected" in table and "shape-mismatched" in table
     # through the CLI: a mostly-empty init is refused with exit 1
     out = subprocess.run(train_cmd(data, tmp_path / "ft", "--max_steps", "1", "--init", str(partial)),
-                         env=env(), capture_output=True, text=True)
+                         env=train_env(), capture_output=True, text=True)
     assert out.returncode == 1 and "only" in out.stderr and "missing" in out.stderr
     out = subprocess.run(train_cmd(data, tmp_path / "ft2", "--max_steps", "1", "--init", str(full)),
-                         env=env(), capture_output=True, text=True)
+                         env=train_env(), capture_output=True, text=True)
     assert out.returncode == 0 and "loaded 100.0% of the trainable parameters" in out.stderr
     assert "lr=1.00e-04" in out.stderr  # finetune_learning_rate
 
 
 def test_non_finite_updates_are_skipped_then_stop(data, tmp_path):
     out = subprocess.run(train_cmd(data, tmp_path / "nan", "--max_steps", "5", "--init_learning_rate", "1e30",
-                                   "--max_bad_steps", "2"), env=env(), capture_output=True, text=True)
+                                   "--max_bad_steps", "2"), env=train_env(), capture_output=True, text=True)
     assert out.returncode == 1
     assert "update 2: non-finite loss, update skipped" in out.stderr  # update 1 made the weights huge
     assert "utterances of this process's batch: train_" in out.stderr  # the offending batch named
@@ -178,14 +156,14 @@ def test_non_finite_updates_are_skipped_then_stop(data, tmp_path):
 def test_bad_data_dir_is_a_clear_error(data, tmp_path):
     cmd = train_cmd(data, tmp_path / "x", "--max_steps", "1")
     cmd[cmd.index(str(data / "train"))] = str(tmp_path / "nope")
-    out = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    out = subprocess.run(cmd, env=train_env(), capture_output=True, text=True)
     assert out.returncode == 1 and "nope: data directory not found" in out.stderr
 
 
 def test_average_best_checkpoints(data, tmp_path):
     exp = tmp_path / "avg"
     subprocess.run(train_cmd(data, exp, "--max_epoch", "3", "--keep_best", "3", "--valid_utterances_to_log", "1"),
-                   env=env(), check=True, capture_output=True)
+                   env=train_env(), check=True, capture_output=True)
     assert (exp / "tensorboard").is_dir()
     from se.bin import average_checkpoints
 
@@ -204,13 +182,9 @@ def test_average_best_checkpoints(data, tmp_path):
     assert average_checkpoints.main(["--exp-dir", str(tmp_path / "nothing"), "--num", "2"]) == 1
 
 
-def test_max_steps_at_an_epoch_boundary_closes_the_epoch(data, trained, tmp_path):
-    """12 utterances / batch 2 = 6 batches: stopping at update 6 ends epoch 1, at 3 stays inside it."""
-    exp = tmp_path / "b"
-    subprocess.run(train_cmd(data, exp, "--max_steps", "6"), env=env(), check=True, capture_output=True)
-    state = final_model(exp)
+def test_max_steps_at_an_epoch_boundary_closes_the_epoch(trained):
+    """12 utterances / batch 2 = 6 batches: stopping at update 6 ends epoch 1 (stopping inside
+    an epoch: test_resume_after_kill_is_exact)."""
+    state = final_model(trained)  # --max_steps 6
     assert (state["trainer"]["epoch"], state["trainer"]["batch_in_epoch"]) == (1, 0)
-    exp = trained  # --max_steps 3
-    state = final_model(exp)
-    assert (state["trainer"]["epoch"], state["trainer"]["batch_in_epoch"]) == (0, 3)
-    assert ckpt.read_pointer(exp, "last_checkpoint").name == "model.ckpt-1-3.pt"
+    assert ckpt.read_pointer(trained, "last_checkpoint").name == "model.ckpt-1-6.pt"

@@ -45,8 +45,8 @@ def trainer(data, exp, train="train", **overrides) -> Trainer:
 
 
 def full_state(t: Trainer) -> dict:
-    return copy.deepcopy({"model": t.step.modules["model"].state_dict(),
-                          "optimizer": t.step.optimizers["model"].state_dict()})
+    return copy.deepcopy({"model": t.train_step.modules["model"].state_dict(),
+                          "optimizer": t.train_step.optimizers["model"].state_dict()})
 
 
 def assert_same(a, b, where=""):
@@ -66,7 +66,7 @@ def assert_same(a, b, where=""):
 def test_skipped_update_leaves_weights_batchnorm_and_optimiser_as_they_were(data, tmp_path, caplog):
     t = trainer(data, tmp_path / "exp", max_epoch=1)
     t.resume_or_init()
-    micro_step, calls, before = t.step.micro_step, [], {}
+    micro_step, calls, before = t.train_step.micro_step, [], {}
 
     def nan_second_batch(noisy, clean, scale, **extra):
         calls.append(1)
@@ -75,7 +75,7 @@ def test_skipped_update_leaves_weights_batchnorm_and_optimiser_as_they_were(data
             noisy = noisy * float("nan")
         return micro_step(noisy, clean, scale, **extra)
 
-    t.step.micro_step = nan_second_batch
+    t.train_step.micro_step = nan_second_batch
     with caplog.at_level(logging.WARNING, logger="se.train"):
         t.train_one_epoch()
     assert len(calls) == 2 and t.progress.skipped_steps == 1
@@ -93,14 +93,14 @@ def test_skipped_update_leaves_weights_batchnorm_and_optimiser_as_they_were(data
 def test_non_finite_validation_is_reported_and_never_best(data, tmp_path, caplog):
     t = trainer(data, tmp_path / "exp", max_epoch=2)
     t.resume_or_init()
-    valid_step = t.step.valid_step
+    valid_step = t.train_step.valid_step
 
     def nan_in_epoch_2(noisy, clean, **extra):
         if t.progress.epoch == 1:
             noisy = noisy * float("nan")
         return valid_step(noisy, clean, **extra)
 
-    t.step.valid_step = nan_in_epoch_2
+    t.train_step.valid_step = nan_in_epoch_2
     with caplog.at_level(logging.WARNING, logger="se.train"):
         t.fit()
     history = t.progress.history
@@ -169,7 +169,7 @@ def test_unreadable_training_files_are_named_counted_and_limited(data, tmp_path,
     assert len(t.progress.bad_files) == 2
     assert sorted(str(f) for f in broken) == sorted(m.split(":")[0] for m in t.progress.bad_files)
     assert caplog.text.count("skipped an unreadable training file") == 2
-    assert t.progress.step == 3  # 6 items, batch 2: every batch full (the next readable item stands in)
+    assert t.progress.global_step == 3  # 6 items, batch 2: every batch full (the next readable item stands in)
 
     t = trainer(bad_data, tmp_path / "stop", max_epoch=1, max_bad_files=1)
     t.resume_or_init()

@@ -1,23 +1,32 @@
 """Network registry: one place that maps a network name to its builder.
 
-Every network module registers a :class:`NetworkEntry` with :func:`register`. A network class
-implements this contract (see se/models/frcrn.py for the reference implementation):
+The released networks are the :class:`NetworkEntry` rows of ``_REGISTRY`` below; another
+network is added with :func:`register`. A network class implements this contract (se/models/example.py is a small complete example; se/models/frcrn.py
+the reference implementation). Required:
 
 * ``sampling_rate`` (class attribute): the rate the network works at.
-* ``from_config(conf: dict) -> nn.Module`` (classmethod): builds the network from the
-  resolved training config (ClearVoice key names such as ``win_len``, ``win_inc``,
-  ``fft_len``, ``win_type`` plus network-specific size keys; missing keys take the released
-  architecture's values). ``config_kwargs(conf) -> dict`` returns the constructor kwargs it
-  used, which checkpoints store so that they are self-describing.
+* ``CONFIG_KEYS`` (class attribute): the network's own configuration keys, name ->
+  :class:`ConfigKey` (``{}`` when it has none). They join the global keys of se/config.py in
+  a config that names this network, and only there.
+* ``from_config(conf) -> nn.Module`` and ``config_kwargs(conf) -> dict`` (classmethods): one
+  line each, ``build_from_config(cls, conf)`` and ``constructor_kwargs(cls, conf)``; the
+  kwargs are stored in checkpoints (self-describing), see :func:`constructor_kwargs`.
 * ``loss(noisy, clean) -> (loss, parts)``: training loss for a (B, L) batch in which
   noisy and clean carry the SAME gain; ``parts`` maps names to float tensors for logging.
 * ``enhance(noisy) -> Tensor``: aligned, deterministic enhancement of a normalised (B, L)
   float batch; returns (B, L).
+* ``convert_clearvoice_state_dict(sd) -> sd`` (staticmethod): maps a release-format state
+  dict (``module.`` prefix already stripped) to this module's keys; fine-tuning
+  (``init_checkpoint_path``) calls it. A network without a ClearVoice release returns ``sd``.
+
+Optional (each named in the registry entry or used only by the tool that needs it):
+
 * ``clearvoice_decode(raw: np.ndarray) -> np.ndarray``: the reference decode path
   (audio_norm, padding, one-pass/segmented decoding, de-normalisation) on raw float64
-  samples at the network's rate; the ``--clearvoice-compat`` mode of se.bin.enhance.
-* ``convert_clearvoice_state_dict(sd) -> sd`` (staticmethod): maps a release-format state
-  dict (``module.`` prefix already stripped) to this module's keys.
+  samples at the network's rate; only ``se.bin.enhance --clearvoice-compat`` calls it.
+* a training-step class (``NetworkEntry.train_step``) when one model, one loss and one
+  optimiser are not enough (se/train_step.py), a data-pipeline feature function
+  (``NetworkEntry.data_features``) and speed kernels (``NetworkEntry.kernels``).
 """
 
 from __future__ import annotations
@@ -38,6 +47,9 @@ class NetworkEntry:
     train_step: str = ""
     # 'pkg.module:accelerate' swapping in speed kernels (se/models/kernels); "" = none
     kernels: str = ""
+    # 'pkg.module:Class.method' returning the data-pipeline feature function computed in the
+    # loader workers (fn(conf) -> picklable fn(noisy_segment, rng)); "" = none
+    data_features: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def network_class(self):
@@ -51,6 +63,7 @@ _REGISTRY: dict[str, NetworkEntry] = {
     "MossFormer2_SE_48K": NetworkEntry(
         "MossFormer2_SE_48K", "se.models.mossformer2", "MossFormer2SE", 48000,
         kernels="se.models.kernels.mossformer2:accelerate",
+        data_features="se.models.mossformer2:MossFormer2SE.data_features",
     ),
     "MossFormerGAN_SE_16K": NetworkEntry(
         "MossFormerGAN_SE_16K",
@@ -61,6 +74,11 @@ _REGISTRY: dict[str, NetworkEntry] = {
         kernels="se.models.kernels.mossformer_gan:accelerate",
     ),
 }
+
+
+def register(entry: NetworkEntry) -> None:
+    """Adds (or replaces) a network in the registry, e.g. a network of your own."""
+    _REGISTRY[entry.name] = entry
 
 
 def network_names() -> list[str]:
@@ -78,20 +96,51 @@ def get_entry(name: str) -> NetworkEntry:
         ) from None
 
 
-def check_kwargs(cls, kwargs, label: str) -> dict:
+# ------------------------------------------------------------------------------------------
+# configuration: global signal keys, the network's own keys, network_kwargs
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One configuration key of a network (``CONFIG_KEYS = {"num_mels": ConfigKey(60, ...)}``).
+
+    default: its value when the config does not set it; its type is the key's type.
+    help: one line, shown with the other keys.
+    kwarg: True: the network's constructor keyword of the same name; False: read elsewhere
+        (the network's training step reads ``conf[key]``).
+    minimum, maximum: allowed range of a numeric key (None: unbounded).
+    """
+
+    default: Any
+    help: str
+    kwarg: bool = True
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+# global keys every network reads when its constructor takes them; 0 / "" = the network's default
+SIGNAL_KEYS = ("sampling_rate", "win_type", "win_len", "win_inc", "fft_len")
+# inference-YAML keys of the ClearVoice decode path, set on the built network when given
+DECODE_KEYS = ("decode_window", "one_time_decode_length")
+
+
+def check_kwargs(cls, kwargs, label: str, owner: str = "", allowed: list[str] | None = None) -> dict:
     """Type-checks user-given constructor kwargs (a nested config mapping such as
-    network_kwargs) against the defaults of ``cls.__init__``; unknown keys and wrong types are
-    ConfigErrors naming ``label.key``."""
+    network_kwargs) against the defaults of ``cls.__init__``; keys outside ``allowed`` (default:
+    every constructor keyword) and wrong types are ConfigErrors naming ``label.key`` and
+    ``owner`` (default: the class name)."""
     from se.config import ConfigError
 
     if kwargs is None:
         return {}
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{label} must be a mapping of name: value, got {kwargs!r}")
-    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    params = _constructor_params(cls)
+    allowed = sorted(params) if allowed is None else allowed
     for key, value in kwargs.items():
-        if key not in params:
-            raise ConfigError(f"{label}: unknown key '{key}' for {cls.__name__}; allowed: {', '.join(sorted(params))}")
+        if key not in allowed:
+            raise ConfigError(f"{label}: unknown key '{key}' for {owner or cls.__name__}; allowed: {', '.join(allowed)}")
         default = params[key].default
         if default is inspect.Parameter.empty or default is None:
             continue
@@ -112,9 +161,51 @@ def check_kwargs(cls, kwargs, label: str) -> dict:
     return kwargs
 
 
-def _user_kwargs(name: str, conf: dict | None) -> dict:
-    cls = get_entry(name).network_class()
-    return check_kwargs(cls, (conf or {}).get("network_kwargs"), "network_kwargs")
+def _constructor_params(cls) -> dict[str, inspect.Parameter]:
+    return {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+
+
+def _registered_name(cls) -> str:
+    """The registry name of network class ``cls`` (its class name when not registered)."""
+    for entry in _REGISTRY.values():
+        if (entry.module, entry.cls_name) == (cls.__module__, cls.__name__):
+            return entry.name
+    return cls.__name__
+
+
+def constructor_kwargs(cls, conf: dict | None) -> dict:
+    """The constructor kwargs of network class ``cls`` for a resolved config, the same way for
+    every network: the constructor's defaults, then the global signal keys it takes (0 / ""
+    keep the default), then its own ``CONFIG_KEYS`` with ``kwarg`` True, then
+    ``network_kwargs`` (size keys). ``network_kwargs`` may not name a key that is set through
+    a config key, nor anything the constructor does not take (ConfigError naming the key, the
+    network and the allowed keys)."""
+    conf = conf or {}
+    params = _constructor_params(cls)
+    kwargs = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    from_keys = [k for k in SIGNAL_KEYS if k in params]
+    from_keys += [k for k, key in cls.CONFIG_KEYS.items() if key.kwarg and k in params]
+    for k in from_keys:
+        if k in conf and (conf[k] or k not in SIGNAL_KEYS):
+            kwargs[k] = conf[k]
+    allowed = [k for k in params if k not in from_keys and k not in DECODE_KEYS]
+    kwargs.update(check_kwargs(cls, conf.get("network_kwargs"), "network_kwargs", _registered_name(cls), allowed))
+    return kwargs
+
+
+def build_from_config(cls, conf: dict | None):
+    """``cls(**constructor_kwargs(cls, conf))``, then the inference-YAML decode keys
+    (``decode_window``, ``one_time_decode_length``, seconds) when the config gives them."""
+    model = cls(**constructor_kwargs(cls, conf))
+    for key in DECODE_KEYS:
+        if (conf or {}).get(key):
+            setattr(model, key, float(conf[key]))
+    return model
+
+
+def network_config_keys(name: str) -> dict[str, ConfigKey]:
+    """Network ``name``'s own configuration keys (its ``CONFIG_KEYS``)."""
+    return get_entry(name).network_class().CONFIG_KEYS
 
 
 def build_network(name: str, conf: dict | None = None, kernels: bool | None = None):
@@ -125,9 +216,9 @@ def build_network(name: str, conf: dict | None = None, kernels: bool | None = No
     ConfigErrors naming the key."""
     from se.config import ConfigError
 
-    user = _user_kwargs(name, conf)
+    user = (conf or {}).get("network_kwargs")
     try:
-        model = get_entry(name).network_class().from_config(network_conf(conf))
+        model = get_entry(name).network_class().from_config(conf or {})
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as exc:
         if not user or isinstance(exc, ConfigError):
             raise
@@ -139,23 +230,20 @@ def build_network(name: str, conf: dict | None = None, kernels: bool | None = No
 
 def network_kwargs(name: str, conf: dict | None = None) -> dict:
     """The full constructor kwargs ``build_network(name, conf)`` uses (stored in checkpoints)."""
-    from se.config import ConfigError
-
-    _user_kwargs(name, conf)
-    try:
-        return get_entry(name).network_class().config_kwargs(network_conf(conf))
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(str(exc)) from exc
+    return get_entry(name).network_class().config_kwargs(conf or {})
 
 
-_DEFAULT_IF_EMPTY = ("sampling_rate", "win_type", "win_len", "win_inc", "fft_len")
+def same_network_kwargs(name: str, a: dict, b: dict) -> bool:
+    """Whether two stored ``network_kwargs`` build the same network (missing keys: defaults;
+    checkpoints of older versions stored only some keys)."""
+    params = _constructor_params(get_entry(name).network_class())
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    return {**defaults, **a} == {**defaults, **b}
 
 
 def network_conf(conf: dict | None) -> dict:
-    """Drops config keys left at 0 / "": they mean "the network's default"."""
-    return {k: v for k, v in (conf or {}).items() if not (k in _DEFAULT_IF_EMPTY and not v)}
+    """Drops the signal keys left at 0 / "": they mean "the network's default"."""
+    return {k: v for k, v in (conf or {}).items() if not (k in SIGNAL_KEYS and not v)}
 
 
 def network_sampling_rate(name: str) -> int:
@@ -163,6 +251,9 @@ def network_sampling_rate(name: str) -> int:
 
 
 def resolve(path: str) -> Callable:
-    """'pkg.module:attr' -> attr."""
+    """'pkg.module:attr' or 'pkg.module:Class.attr' -> attr."""
     module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    obj = importlib.import_module(module)
+    for name in attr.split("."):
+        obj = getattr(obj, name)
+    return obj

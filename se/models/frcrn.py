@@ -36,7 +36,6 @@ Differences from the reference code that do not change any output:
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from se.audio import audio_norm
+from se.models import ConfigKey, build_from_config, constructor_kwargs
 from se.precision import float32
 
 # (kernel, stride, padding) as (frequency, time) of the 7 encoder and 7 decoder stages
@@ -550,35 +550,17 @@ class FRCRN(nn.Module):
         self.unet2 = ComplexUNet(channels, hidden, se_reduction, lorder, self.causal, self.se_time_decay)
 
     # -- construction from configs --------------------------------------------------------
-    _CONFIG_KEYS = ("win_len", "win_inc", "fft_len", "win_type")
-    _NETWORK_KWARGS = ("channels", "fsmn_hidden", "se_reduction", "lorder", "causal", "se_time_constant")
+    CONFIG_KEYS: dict[str, ConfigKey] = {}  # none of its own: the global STFT keys + network_kwargs
 
     @classmethod
     def config_kwargs(cls, conf: dict) -> dict:
-        """Constructor kwargs from a ClearVoice-style config plus optional ``network_kwargs``."""
-        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                    if p.default is not inspect.Parameter.empty}
-        kwargs = {k: conf[k] for k in cls._CONFIG_KEYS if conf.get(k) is not None}
-        extra = dict(conf.get("network_kwargs") or {})
-        unknown = sorted(set(extra) - set(cls._NETWORK_KWARGS))
-        if unknown:
-            raise ValueError(
-                f"unknown FRCRN network_kwargs {unknown}; allowed: {list(cls._NETWORK_KWARGS)}"
-            )
-        kwargs.update(extra)
-        out = {**defaults, **kwargs}
-        for key in ("causal", "se_time_constant"):  # listed only when set: the kwargs of released-
-            if not out[key]:                           # architecture checkpoints stay as they were
-                del out[key]
-        return out
+        """Constructor kwargs of a resolved config (se.models.constructor_kwargs)."""
+        return constructor_kwargs(cls, conf)
 
     @classmethod
     def from_config(cls, conf: dict) -> "FRCRN":
-        model = cls(**cls.config_kwargs(conf))
-        for key in ("decode_window", "one_time_decode_length"):
-            if conf.get(key) is not None:
-                setattr(model, key, conf[key])
-        return model
+        """Network of a resolved config (se.models.build_from_config)."""
+        return build_from_config(cls, conf)
 
     # -- checkpoints ------------------------------------------------------------------------
     _ALIASES = {"encoders": "encoder", "decoders": "decoder", "se_layers_enc": "se_layer_enc",

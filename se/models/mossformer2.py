@@ -38,7 +38,7 @@ from torch import nn
 
 from se.audio import audio_norm
 from se.features import MAX_WAV_VALUE, FbankFeatures, WorkerFeatures, covering_length
-from se.models import network_conf
+from se.models import ConfigKey, build_from_config, constructor_kwargs, network_conf
 from se.precision import float32
 from se.models.mossformer2_blocks import MossformerBlockGFSMN, ScaledSinuEmbedding
 
@@ -159,24 +159,20 @@ class MossFormer2SE(nn.Module):
         self.register_buffer("stft_window", torch.hamming_window(win_len, periodic=False), persistent=False)
 
     # -- construction ---------------------------------------------------------------------
-    _CONFIG_KEYS = ("sampling_rate", "win_len", "win_inc", "fft_len", "win_type", "num_mels",
-                    "fbank_dither", "one_time_decode_length", "decode_window")
+    CONFIG_KEYS = {
+        "num_mels": ConfigKey(60, "mel bins of the fbank front end", minimum=1),
+        "fbank_dither": ConfigKey(1.0, "fbank dither during training (enhancement: none)", minimum=0),
+    }
 
     @classmethod
     def config_kwargs(cls, conf: dict) -> dict:
-        """Constructor kwargs from a ClearVoice-style config (+ optional ``network_kwargs``)."""
-        kwargs = {k: conf[k] for k in cls._CONFIG_KEYS if conf.get(k) is not None}
-        extra = dict(conf.get("network_kwargs") or {})
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(extra) - allowed)
-        if unknown:
-            raise ValueError(f"unknown MossFormer2_SE_48K network_kwargs {unknown}; allowed: {sorted(allowed)}")
-        kwargs.update(extra)
-        return kwargs
+        """Constructor kwargs of a resolved config (se.models.constructor_kwargs)."""
+        return constructor_kwargs(cls, conf)
 
     @classmethod
     def from_config(cls, conf: dict) -> "MossFormer2SE":
-        return cls(**cls.config_kwargs(conf))
+        """Network of a resolved config (se.models.build_from_config)."""
+        return build_from_config(cls, conf)
 
     @classmethod
     def data_features(cls, conf: dict) -> WorkerFeatures:

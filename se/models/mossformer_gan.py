@@ -43,10 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from se.audio import audio_norm
 from se.checkpoint import torch_load
+from se.models import ConfigKey, build_from_config, constructor_kwargs
 from se.models.metric_discriminator import MetricDiscriminator, _check_keys
 from se.models.mossformer_gan_blocks import ComplexDecoder, DenseEncoder, MaskDecoder, SyncANetBlock
 from se.train_step import LossForward, TrainStep, unwrap
@@ -136,31 +138,25 @@ class MossFormerGAN(nn.Module):
         self.complex_decoder = ComplexDecoder(num_channel=c)
 
     # -- construction from a config ------------------------------------------------------------
-    @staticmethod
-    def config_kwargs(conf: dict) -> dict:
-        """Constructor kwargs from a resolved config (ClearVoice FFT keys + network_kwargs)."""
-        kw = {k: conf.get(k) or v for k, v in RELEASE_FFT.items()}  # 0 / "" = the release's
-        kw["win_len"], kw["win_inc"], kw["fft_len"] = (int(kw[k]) for k in ("win_len", "win_inc", "fft_len"))
-        extra = dict(conf.get("network_kwargs") or {})
-        clash = set(extra) & set(RELEASE_FFT)
-        if clash:
-            raise ValueError(f"network_kwargs must not repeat the FFT keys {sorted(clash)}")
-        kw.update(extra)
-        return kw
+    CONFIG_KEYS = {  # read by GANTrainStep
+        "gan_loss_mode": ConfigKey("fixed", "fixed (default) or clearvoice (the reference loss, bugs included)",
+                                   kwarg=False),
+        "disc_learning_rate": ConfigKey(1e-3, "discriminator learning rate", kwarg=False, minimum=0),
+        "discriminator_kwargs": ConfigKey({}, "size hyperparameters of the metric discriminator", kwarg=False),
+        "pesq_workers": ConfigKey(2, "processes computing the discriminator's PESQ targets (0 = in-process)",
+                                  kwarg=False, minimum=0),
+        "valid_pesq": ConfigKey(False, "also compute PESQ during validation", kwarg=False),
+    }
+
+    @classmethod
+    def config_kwargs(cls, conf: dict) -> dict:
+        """Constructor kwargs of a resolved config (se.models.constructor_kwargs)."""
+        return constructor_kwargs(cls, conf)
 
     @classmethod
     def from_config(cls, conf: dict) -> "MossFormerGAN":
-        """Network from a resolved config; inference-YAML keys ``decode_window`` and
-        ``one_time_decode_length`` (seconds) set the clearvoice_decode segmentation."""
-        kw = cls.config_kwargs(conf)
-        try:
-            model = cls(**kw)
-        except TypeError as exc:
-            raise ValueError(f"MossFormerGAN: bad network_kwargs {kw}: {exc}") from None
-        for key in ("decode_window", "one_time_decode_length"):
-            if conf.get(key):
-                setattr(model, key, float(conf[key]))
-        return model
+        """Network of a resolved config (se.models.build_from_config)."""
+        return build_from_config(cls, conf)
 
     @staticmethod
     def discriminator_kwargs(conf: dict) -> dict:
@@ -432,7 +428,7 @@ class GANTrainStep(TrainStep):
     """
 
     # DistributedDataParallel wraps the generator itself (its forward is the spectral one)
-    custom_forward = True
+    loss_forward_for_ddp = False
 
     def __init__(self, model: nn.Module, conf: dict, device: torch.device):
         super().__init__(model, conf, device)
@@ -475,7 +471,7 @@ class GANTrainStep(TrainStep):
     # -- pieces ------------------------------------------------------------------------------
     def _generator_call(self):
         m = self.modules["model"]
-        if isinstance(getattr(m, "module", None), LossForward):
+        if isinstance(m, DistributedDataParallel) and isinstance(m.module, LossForward):
             raise TypeError("GANTrainStep needs the generator itself wrapped by "
                             "DistributedDataParallel (its forward is the spectral forward), "
                             "not DDP(LossForward(model))")

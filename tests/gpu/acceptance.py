@@ -109,7 +109,7 @@ def train_case(network: str, precision: str, corpus: Path, exp: Path, steps: int
 
     ok = (p.epoch == 2 and p.skipped_steps == 0 and read_pointer(exp, "last_best_checkpoint") is not None
           and any((exp / "tensorboard").iterdir()))
-    out = {"case": f"{network} {precision}", "ok": ok, "updates": p.step, "overflow_skips": p.overflow_steps,
+    out = {"case": f"{network} {precision}", "ok": ok, "updates": p.global_step, "overflow_skips": p.overflow_steps,
            "nonfinite_skips": p.skipped_steps, "best_valid_loss": p.best_valid_loss,
            "samples_per_s": 2 * steps * s["batch_size"] / max(1e-9, sum(train_s)),
            "seconds": total_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}

@@ -62,7 +62,7 @@ def measure(network: str, precision: str, data: Path, exp: Path, steps: int) -> 
     dist = Dist(device=torch.device("cuda", 0))
     trainer = Trainer(conf, str(data), str(data), str(exp), dist, start_over=True)
     trainer.resume_or_init()
-    step = trainer.step
+    step = trainer.train_step
     for m in step.modules.values():
         m.train()
     torch.cuda.reset_peak_memory_stats()
