@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Download subsets of the DNS Challenge 5 (ICASSP 2023) fullband training data and unpack them into
-# <download-dir>/datasets_fullband/ (the layout local/prepare_dns.py and --dns_root expect).
+# <download-dir>/datasets_fullband/ (the layout local/prepare_dns.py and --dns-root expect).
 # The archive list is in local/prepare_dns.py (`urls`). Resumable: each archive downloads into
 # NAME.part with wget -c (or curl -C -) and is renamed when complete; a subset is unpacked only
 # after all its archives are there, and its files are moved into place only when the whole
@@ -55,7 +55,7 @@ $0: could not download $1 (no network access?).
 Fetch the archives listed by
   $0 --list-only true --subsets "$subsets" $dir
 into $dir/archives/ by hand and run this again (they are verified, then unpacked), or unpack the
-DNS 5 data anywhere and give the recipe --dns_root <the folder holding datasets_fullband/>.
+DNS 5 data anywhere and give the recipe --dns-root <the folder holding datasets_fullband/>.
 END
   exit 1
 }

@@ -41,7 +41,7 @@ $0: could not download $1 (no network access?).
 Download the four archives by hand from https://datashare.ed.ac.uk/handle/10283/2791 :
   clean_trainset_28spk_wav.zip noisy_trainset_28spk_wav.zip clean_testset_wav.zip noisy_testset_wav.zip
 then either copy them into $dir and run this again (they are verified, then unpacked), or unpack
-them anywhere and give the recipe --vbd_root <that folder> (or set VBD_ROOT in db.sh).
+them anywhere and give the recipe --vbd-root <that folder> (or set VBD_ROOT in db.sh).
 END
   exit 1
 }

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Enhance the noisy side (wav.scp) of a data dir with a trained experiment, in nj parallel jobs.
 set -euo pipefail
+echo "$0 $*"
+SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+. "$SE_ROOT/steps/lib/common.sh"
 
-cmd=${SE_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}/steps/run.sh  # job runner (see cmd.sh)
+cmd=${decode_cmd:-$SE_ROOT/steps/run.sh}  # job runner (cmd.sh's $decode_cmd): steps/run.sh or steps/slurm.sh with its options
 nj=4                   # number of parallel jobs
 network=               # network name (only needed for ClearVoice release checkpoints)
 checkpoint=            # checkpoint file; default: the experiment dir's best checkpoint
@@ -10,10 +13,9 @@ clearvoice_compat=false  # reproduce ClearVoice's decode path instead of ours
 output_subtype=PCM_16  # PCM_16 or FLOAT
 extra_args=            # more options for se.bin.enhance, e.g. "--segment-length 20"
 
-echo "$0 $*"
 help_message="Usage: $0 [options] <exp-dir> <data-dir> <out-dir>
 e.g.: $0 --nj 4 exp/frcrn data/test exp/frcrn/enhanced/test"
-. "$(dirname "$0")/parse_options.sh"
+. "$SE_ROOT/steps/parse_options.sh"
 
 if [ $# -ne 3 ]; then
   echo "$help_message" >&2
@@ -21,9 +23,9 @@ if [ $# -ne 3 ]; then
 fi
 exp=$1 data=$2 out=$3
 
-[ -f "$data/wav.scp" ] || { echo "$0: $data/wav.scp not found; run the data preparation stage first" >&2; exit 1; }
+require "$data/wav.scp" "run the data preparation stage first"
 [ -n "$checkpoint" ] || checkpoint=$exp
-[ -e "$checkpoint" ] || { echo "$0: $checkpoint not found; run the training stage first" >&2; exit 1; }
+require "$checkpoint" "run the training stage first"
 num_utts=$(wc -l < "$data/wav.scp")
 [ "$nj" -le "$num_utts" ] || nj=$num_utts
 
@@ -48,4 +50,5 @@ while read -r utt path; do
   [ -s "$path" ] || { echo "$0: missing output $path (see $out/log/enhance.*.log)" >&2; rm -f "$out/wav.scp.tmp"; exit 1; }
 done < "$out/wav.scp.tmp"
 mv "$out/wav.scp.tmp" "$out/wav.scp"
-echo "$0: enhanced $num_utts utterances of $data into $out"
+log "enhanced $num_utts utterances of $data into $out"
+success

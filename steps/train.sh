@@ -6,6 +6,7 @@ set -euo pipefail
 echo "$0 $*"
 
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+. "$SE_ROOT/steps/lib/common.sh"
 
 # job runner (cmd.sh's $train_cmd): steps/run.sh or steps/slurm.sh with its options
 cmd=${train_cmd:-$SE_ROOT/steps/run.sh}
@@ -29,7 +30,7 @@ rdzv_port=
 dry_run=false
 
 help_message="Usage: $0 [options] --config <yaml> [--train-data <dir>] --valid-data <dir> --exp-dir <dir> [-- <se.bin.train options>]
-e.g.: $0 --ngpu 2 --config conf/frcrn.yaml --train-data data/train --valid-data data/valid --exp-dir exp/frcrn -- --max-epochs 10"
+e.g.: $0 --ngpu 2 --config conf/frcrn.yaml --train-data data/train --valid-data data/valid --exp-dir exp/frcrn -- --max-epoch 10"
 
 . "$SE_ROOT/steps/parse_options.sh"
 
@@ -83,4 +84,5 @@ if [ -f "$exp_dir/last_checkpoint" ]; then
   python "${trainer[@]}" --check-only || exit 1
 fi
 "${run[@]}"
-echo "$0: successfully trained in $exp_dir (log: $log)"
+log "trained in $exp_dir (log: $log)"
+success
