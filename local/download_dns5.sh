@@ -27,6 +27,7 @@ Downloads the archives of --subsets into <download-dir>/archives/ and unpacks th
 e.g.: $0 --subsets \"read_speech noise_fullband impulse_responses\" downloads/dns5"
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SE_ROOT/steps/parse_options.sh"
+. "$SE_ROOT/steps/lib/common.sh"
 . "$SE_ROOT/steps/lib/fetch.sh"
 
 if [ $# -ne 1 ]; then
@@ -36,7 +37,6 @@ fi
 dir=$1
 prepare=$SE_ROOT/local/prepare_dns.py
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0")) $*"; }
 
 # the archive list: "<url> <subset>" lines (also checks the subset names)
 urls=$(python "$prepare" urls --subsets "$subsets" --base-url "$base_url")
@@ -86,3 +86,4 @@ for subset in $(awk '{print $2}' <<< "$urls" | uniq); do
 done
 python "$prepare" check-layout --subsets "$subsets" "$dir"
 log "DNS 5 subsets $subsets are complete in $dir/datasets_fullband"
+success
