@@ -25,3 +25,30 @@ def clearvoice_data():
 def release_fill():
     """The deterministic weight fill of the parity references (tests/release_fill.py)."""
     return _release_fill
+
+
+# Markers (declared in pytest.ini): `pytest -m "not slow"` is the quick loop; the default run
+# selects everything. Chosen from `pytest --durations=30` on 2 shared CPU cores: a test over ~20 s
+# is slow. Whole files: the recipes end to end and the Slurm cluster.
+SLOW_FILES = {"test_mini_recipe.py", "test_voicebank_recipe.py", "test_dns_recipe.py", "test_own_data_recipe.py",
+              "test_slurm.py"}
+SLURM_FILES = {"test_slurm.py"}
+SLOW_TESTS = {  # file::test name (all parametrisations)
+    "test_trainer.py::test_resume_after_kill_is_exact",
+    "test_trainer.py::test_average_best_checkpoints",
+    "test_trainer.py::test_init_prints_key_table_and_refuses_mostly_empty",
+    "test_trainer.py::test_torchrun_two_processes_validation_equals_single",
+    "test_trainer.py::test_resume_refuses_other_network_size",
+    "test_trainer.py::test_max_steps_at_an_epoch_boundary_closes_the_epoch",
+    "test_mixed_precision_training.py::test_bf16_two_epochs_with_validation_examples_then_enhance",
+    "test_training_faults.py::test_a_crashed_process_ends_the_job_with_an_error",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        file = item.path.name
+        if file in SLOW_FILES or f"{file}::{item.originalname}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        if file in SLURM_FILES:
+            item.add_marker(pytest.mark.slurm)
