@@ -311,6 +311,19 @@ def test_cmd_sh_rejects_unknown_backend(tmp_path):
     assert result.stdout == ""
 
 
+def test_job_runners_keep_the_runners_given(tmp_path):
+    """A recipe's --train-cmd/--decode-cmd/--score-cmd win over cmd.sh's; the empty ones take cmd.sh's."""
+    script = (f'set -euo pipefail; SE_ROOT={REPO}; . {REPO}/steps/lib/common.sh; train_cmd="my.sh --mem 1G"; '
+              'decode_cmd=; score_cmd=; job_runners; echo "$train_cmd|$decode_cmd|$score_cmd"')
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_cmd")}
+    result = sh(["bash", "-c", script], cwd=tmp_path, env={**env, "cmd_backend": "slurm"})
+    slurm = f"{REPO}/steps/slurm.sh --config {REPO}/conf/slurm.conf"
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"my.sh --mem 1G|{slurm}|{slurm}"
+    wrong = sh(["bash", "-c", script], cwd=tmp_path, env={**env, "cmd_backend": "sge"})
+    assert wrong.returncode == 1 and "unknown cmd_backend 'sge'" in wrong.stderr and wrong.stdout == ""
+
+
 # ---------------------------------------------------------------- steps/train.sh
 
 

@@ -17,8 +17,6 @@ set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
 . "$SE_ROOT/steps/lib/common.sh"
-# shellcheck disable=SC1091
-. "$SE_ROOT/cmd.sh"
 # shellcheck source=SCRIPTDIR/db.sh
 . "$(dirname "$0")/db.sh"
 
@@ -47,13 +45,14 @@ train_args=             # more se.bin.train options (shell quoting), e.g. "--max
 metrics=all             # metrics for test sets with clean references (se.bin.score --metrics)
 noref_metrics=noref     # metrics for test sets without them (DNSMOS and PLCMOS)
 
-train_cmd=$train_cmd      # job runner of the training (default: cmd.sh's, chosen by cmd_backend=local|slurm)
-decode_cmd=$decode_cmd    # job runner of the enhancement jobs
-score_cmd=$score_cmd      # job runner of the scoring jobs
+train_cmd=              # job runner of the training jobs; empty: cmd.sh's (cmd_backend=local|slurm)
+decode_cmd=             # job runner of the enhancement jobs; empty: cmd.sh's
+score_cmd=              # job runner of the scoring jobs; empty: cmd.sh's
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 [options]
 e.g.: $0 --dns-root /corpora/dns5 --network FRCRN_SE_16K --ngpu 1"
 . "$SE_ROOT/steps/parse_options.sh"
+job_runners
 cd "$(dirname "$0")"
 
 conf=conf/train_${network}.yaml

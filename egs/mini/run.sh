@@ -16,8 +16,6 @@ set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
 . "$SE_ROOT/steps/lib/common.sh"
-# shellcheck disable=SC1091
-. "$SE_ROOT/cmd.sh"
 
 stage=0                # first stage to run
 stop_stage=5           # last stage to run
@@ -33,14 +31,15 @@ train_args=            # extra se.bin.train options (shell quoting), e.g. "--max
 metrics=all            # metrics of the scoring stage (se.bin.score --metrics), e.g. "pesq_wb,stoi,si_sdr"
 simulate=false         # true: train on noise, RIRs and channel effects simulated on the fly (conf/train_sim_<network>.yaml)
 num_rirs=20            # --simulate true: number of pyroomacoustics RIRs (local/simulate_rirs.py)
-train_cmd=$train_cmd   # job runner of the training (default: cmd.sh's, chosen by cmd_backend=local|slurm)
-decode_cmd=$decode_cmd # job runner of the enhancement jobs
-score_cmd=$score_cmd   # job runner of the scoring jobs
+train_cmd=              # job runner of the training jobs; empty: cmd.sh's (cmd_backend=local|slurm)
+decode_cmd=             # job runner of the enhancement jobs; empty: cmd.sh's
+score_cmd=              # job runner of the scoring jobs; empty: cmd.sh's
 
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 [options]
 e.g.: $0 --network FRCRN_SE_16K --stage 0 --stop-stage 5 --nj 2"
 . "$SE_ROOT/steps/parse_options.sh"
+job_runners
 cd "$(dirname "$0")"
 
 if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)

@@ -15,8 +15,6 @@ set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
 . "$SE_ROOT/steps/lib/common.sh"
-# shellcheck disable=SC1091
-. "$SE_ROOT/cmd.sh"
 
 stage=1                 # first stage to run
 stop_stage=5            # last stage to run
@@ -41,13 +39,14 @@ tag=                    # experiment name; default <network>
 train_args=             # more se.bin.train options (shell quoting), e.g. "--max-epoch 20 --batch-size 8"
 metrics=all             # scoring metrics (se.bin.score --metrics)
 
-train_cmd=$train_cmd      # job runner of the training (default: cmd.sh's, chosen by cmd_backend=local|slurm)
-decode_cmd=$decode_cmd    # job runner of the enhancement jobs
-score_cmd=$score_cmd      # job runner of the scoring jobs
+train_cmd=              # job runner of the training jobs; empty: cmd.sh's (cmd_backend=local|slurm)
+decode_cmd=             # job runner of the enhancement jobs; empty: cmd.sh's
+score_cmd=              # job runner of the scoring jobs; empty: cmd.sh's
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 --speech-dir DIR --noise-dir DIR [options]
 e.g.: $0 --speech-dir /data/my_speech --noise-dir /data/my_noise --init FRCRN_SE_16K.pt"
 . "$SE_ROOT/steps/parse_options.sh"
+job_runners
 
 # folders given relative to where the command ran
 abspath() { [ -z "$1" ] || (cd "$1" 2>/dev/null && pwd) || { log "$1: folder not found" >&2; return 1; }; }

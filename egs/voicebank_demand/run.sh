@@ -17,8 +17,6 @@ set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
 . "$SE_ROOT/steps/lib/common.sh"
-# shellcheck disable=SC1091
-. "$SE_ROOT/cmd.sh"
 # shellcheck source=SCRIPTDIR/db.sh
 . "$(dirname "$0")/db.sh"
 
@@ -45,13 +43,14 @@ tag=                    # experiment name; default the config's name without tra
 train_args=             # more se.bin.train options (shell quoting), e.g. "--max-epoch 20 --batch-size 8"
 metrics=all             # scoring metrics (se.bin.score --metrics), e.g. "pesq_wb stoi si_sdr"
 
-train_cmd=$train_cmd      # job runner of the training (default: cmd.sh's, chosen by cmd_backend=local|slurm)
-decode_cmd=$decode_cmd    # job runner of the enhancement jobs
-score_cmd=$score_cmd      # job runner of the scoring jobs
+train_cmd=              # job runner of the training jobs; empty: cmd.sh's (cmd_backend=local|slurm)
+decode_cmd=             # job runner of the enhancement jobs; empty: cmd.sh's
+score_cmd=              # job runner of the scoring jobs; empty: cmd.sh's
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 [options]
 e.g.: $0 --vbd-root /corpora/VoiceBank-DEMAND --network FRCRN_SE_16K --ngpu 1"
 . "$SE_ROOT/steps/parse_options.sh"
+job_runners
 cd "$(dirname "$0")"
 
 if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)

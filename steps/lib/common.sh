@@ -33,3 +33,12 @@ checkpoint_sig() { echo "$(stat -c %Y "$1/last_best_checkpoint") $(head -n 1 "$1
 
 # success: the last line of every step and recipe
 success() { log "Successfully finished. [elapsed=${SECONDS}s]"; }
+
+# job_runners: the recipe's --train-cmd, --decode-cmd and --score-cmd, each cmd.sh's runner
+# (cmd_backend=local|slurm) unless given on the command line (declared empty, after parse_options.sh).
+job_runners() {
+  local train=$train_cmd decode=$decode_cmd score=$score_cmd
+  # shellcheck disable=SC1091
+  . "$SE_ROOT/cmd.sh"
+  train_cmd=${train:-$train_cmd} decode_cmd=${decode:-$decode_cmd} score_cmd=${score:-$score_cmd}
+}
