@@ -35,7 +35,6 @@ RUNNERS = {"steps/run.sh": "local", "steps/slurm.sh": "slurm"}
 # words that start a documented command (after an `e.g.:` or on a README line)
 COMMAND_START = re.compile(r"^(\./run\.sh|\$0|(\.\./)*(steps|local|egs|tools)/\S|python3? |tools/venv/bin/python |"
                            r"PYTHONPATH=|cmd_backend=|srun |cd |\. )")
-OPTION = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9_-]*")
 SHELL_SPLIT = {"|", "||", "&&", ";", "(", ")", "&"}
 SHELL_REDIRECT = {">", ">>", "<", "2>", "&>"}
 PLACEHOLDERS = {"--key"}  # "--key value": the form of a config override, not an option
@@ -118,14 +117,16 @@ def python_usage_texts(path: Path) -> str:
 
 def shell_help(script: Path) -> str:
     """`script --help` (its help_message with $0 expanded) and its leading comment block."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DNS_ROOT", "VBD_ROOT")}
-    res = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, env=env, timeout=60)
-    assert res.returncode == 0, f"{script} --help: {res.stderr}"
     comments = []
     for line in script.read_text().splitlines()[1:]:
         if not line.startswith("#"):
             break
         comments.append(line)
+    if "parse_options.sh" not in script.read_text():  # cmd.sh, db.sh: comments only
+        return "\n".join(comments)
+    env = {k: v for k, v in os.environ.items() if k not in ("DNS_ROOT", "VBD_ROOT")}
+    res = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, f"{script} --help: {res.stderr}"
     return res.stdout.replace(str(script), "$0") + "\n" + "\n".join(comments)
 
 
@@ -142,7 +143,8 @@ def usage_docs(path: Path) -> list[Doc]:
 
 
 USAGE_FILES = sorted([*REPO.glob("steps/*.sh"), *REPO.glob("steps/lib/torchrun_node.sh"), *REPO.glob("local/*"),
-                      *REPO.glob("egs/*/run.sh"), *REPO.glob("se/bin/*.py")])
+                      *REPO.glob("egs/*/run.sh"), REPO / "cmd.sh",
+                      *REPO.glob("se/bin/*.py")])
 USAGE_FILES = [p for p in USAGE_FILES if p.name != "parse_options.sh" and p.name != "__init__.py"]
 READMES = [REPO / "README.md", *sorted(REPO.glob("egs/*/README.md"))]
 
