@@ -282,7 +282,6 @@ def check_shell_script(script: Path, args: list[str], cwd: Path) -> list[str]:
 
 
 def check_runner(kind: str, args: list[str], cwd: Path) -> list[str]:
-    sys.path.insert(0, str(REPO))
     from se import jobs
 
     try:
