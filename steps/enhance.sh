@@ -5,7 +5,7 @@ echo "$0 $*"
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SE_ROOT/steps/lib/common.sh"
 
-cmd=${decode_cmd:-$SE_ROOT/steps/run.sh}  # job runner (cmd.sh's $decode_cmd): steps/run.sh or steps/slurm.sh with its options
+cmd=                   # job runner with its options; empty: $decode_cmd (cmd.sh), else steps/run.sh
 nj=4                   # number of parallel jobs
 network=               # network name (only needed for ClearVoice release checkpoints)
 checkpoint=            # checkpoint file; default: the experiment dir's best checkpoint
@@ -16,6 +16,7 @@ extra_args=            # more options for se.bin.enhance, e.g. "--segment-length
 help_message="Usage: $0 [options] <exp-dir> <data-dir> <out-dir>
 e.g.: $0 --nj 4 exp/frcrn data/test exp/frcrn/enhanced/test"
 . "$SE_ROOT/steps/parse_options.sh"
+[ -n "$cmd" ] || cmd=${decode_cmd:-$SE_ROOT/steps/run.sh}  # Kaldi: $cmd JOB=1:N LOG command ...
 
 if [ $# -ne 3 ]; then
   echo "$help_message" >&2

@@ -8,8 +8,7 @@ echo "$0 $*"
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SE_ROOT/steps/lib/common.sh"
 
-# job runner (cmd.sh's $score_cmd), Kaldi style: $cmd JOB=1:$nj LOG command ... (steps/run.sh or steps/slurm.sh)
-cmd=${score_cmd:-$SE_ROOT/steps/run.sh}
+cmd=                 # job runner with its options; empty: $score_cmd (cmd.sh), else steps/run.sh
 nj=4                 # number of parallel jobs (capped at the number of utterances)
 metrics=all          # comma list of metrics or groups: all nodnsmos noref pesq composite dnsmos or columns
 fs=                  # required native sample rate of every file (empty: any, ref and est equal)
@@ -21,6 +20,7 @@ help_message="Usage: $0 [options] <ref-scp|ref-dir|-> <est-scp|est-dir> <out-dir
 e.g.: $0 --nj 8 data/test/clean.scp exp/frcrn/enhanced/test/wav.scp exp/frcrn/scores/test/enhanced
       $0 --metrics noref - exp/frcrn/enhanced/real_rec/wav.scp exp/frcrn/scores/real_rec/enhanced  # no reference"
 . "$SE_ROOT/steps/parse_options.sh"
+[ -n "$cmd" ] || cmd=${score_cmd:-$SE_ROOT/steps/run.sh}  # Kaldi: $cmd JOB=1:N LOG command ...
 
 if [ $# -ne 3 ]; then
   echo "$help_message" >&2

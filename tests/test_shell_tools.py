@@ -480,6 +480,7 @@ def help_options(script: Path) -> dict[str, str]:
     assert result.returncode == 0, result.stderr
     assert "e.g.: " in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith("  --")]
+    assert not [line for line in lines if str(REPO) in line], "a default names a path of this machine"
     return {line.split()[0]: line.split("  # ", 1)[1] for line in lines}
 
 
