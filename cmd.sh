@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Job runners for the recipes, chosen with one switch (source this file; path.sh does):
+# Job runners for the recipes, chosen with one switch (recipes source this file through job_runners
+# in steps/lib/common.sh, which keeps a runner given as --train-cmd, --decode-cmd or --score-cmd):
 #   cmd_backend=local  jobs run on this machine: steps/run.sh
 #   cmd_backend=slurm  jobs go to Slurm: steps/slurm.sh, resources translated by conf/slurm.conf
 # Both take: $cmd [--gpu N] [--mem M] [--num-threads N] [--max-jobs-run N] [JOB=1:N] LOGFILE cmd...

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Download subsets of the DNS Challenge 5 (ICASSP 2023) fullband training data and unpack them into
-# <download-dir>/datasets_fullband/ (the layout local/prepare_dns.py and --dns_root expect).
+# <download-dir>/datasets_fullband/ (the layout local/prepare_dns.py and --dns-root expect).
 # The archive list is in local/prepare_dns.py (`urls`). Resumable: each archive downloads into
 # NAME.part with wget -c (or curl -C -) and is renamed when complete; a subset is unpacked only
 # after all its archives are there, and its files are moved into place only when the whole
@@ -27,6 +27,7 @@ Downloads the archives of --subsets into <download-dir>/archives/ and unpacks th
 e.g.: $0 --subsets \"read_speech noise_fullband impulse_responses\" downloads/dns5"
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SE_ROOT/steps/parse_options.sh"
+. "$SE_ROOT/steps/lib/common.sh"
 . "$SE_ROOT/steps/lib/fetch.sh"
 
 if [ $# -ne 1 ]; then
@@ -36,7 +37,6 @@ fi
 dir=$1
 prepare=$SE_ROOT/local/prepare_dns.py
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0")) $*"; }
 
 # the archive list: "<url> <subset>" lines (also checks the subset names)
 urls=$(python "$prepare" urls --subsets "$subsets" --base-url "$base_url")
@@ -55,7 +55,7 @@ $0: could not download $1 (no network access?).
 Fetch the archives listed by
   $0 --list-only true --subsets "$subsets" $dir
 into $dir/archives/ by hand and run this again (they are verified, then unpacked), or unpack the
-DNS 5 data anywhere and give the recipe --dns_root <the folder holding datasets_fullband/>.
+DNS 5 data anywhere and give the recipe --dns-root <the folder holding datasets_fullband/>.
 END
   exit 1
 }
@@ -86,3 +86,4 @@ for subset in $(awk '{print $2}' <<< "$urls" | uniq); do
 done
 python "$prepare" check-layout --subsets "$subsets" "$dir"
 log "DNS 5 subsets $subsets are complete in $dir/datasets_fullband"
+success

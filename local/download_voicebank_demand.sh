@@ -23,6 +23,7 @@ noisy_testset_wav.zip into <corpus-dir> and unpacks each into <corpus-dir>/<arch
 e.g.: $0 downloads/VoiceBank-DEMAND"
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SE_ROOT/steps/parse_options.sh"
+. "$SE_ROOT/steps/lib/common.sh"
 . "$SE_ROOT/steps/lib/fetch.sh"
 
 if [ $# -ne 1 ]; then
@@ -32,7 +33,6 @@ fi
 dir=$1
 prepare=$SE_ROOT/local/prepare_voicebank_demand.py
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0")) $*"; }
 
 # manual NAME: the download of NAME failed; say what to fetch by hand, then stop.
 manual() {
@@ -41,7 +41,7 @@ $0: could not download $1 (no network access?).
 Download the four archives by hand from https://datashare.ed.ac.uk/handle/10283/2791 :
   clean_trainset_28spk_wav.zip noisy_trainset_28spk_wav.zip clean_testset_wav.zip noisy_testset_wav.zip
 then either copy them into $dir and run this again (they are verified, then unpacked), or unpack
-them anywhere and give the recipe --vbd_root <that folder> (or set VBD_ROOT in db.sh).
+them anywhere and give the recipe --vbd-root <that folder> (or set VBD_ROOT in db.sh).
 END
   exit 1
 }
@@ -71,3 +71,4 @@ for name in clean_trainset_28spk_wav noisy_trainset_28spk_wav clean_testset_wav 
 done
 python "$prepare" check-layout --expected-train "$expected_train" --expected-test "$expected_test" "$dir"
 log "VoiceBank-DEMAND is complete in $dir"
+success

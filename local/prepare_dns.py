@@ -233,7 +233,7 @@ def check_layout(root: Path, subsets: list[str]) -> None:
     if problems:
         raise CorpusError(
             f"{root} does not hold the DNS 5 fullband subsets {' '.join(subsets)}:\n  " + "\n  ".join(problems)
-            + "\nGive --dns_root the folder that holds datasets_fullband/ (clean_fullband/<subset>/, "
+            + "\nGive --dns-root the folder that holds datasets_fullband/ (clean_fullband/<subset>/, "
             "noise_fullband/, impulse_responses/), or let stage 0 download the subsets."
         )
 

@@ -1,3 +1,3 @@
-"""se: speech-enhancement recipes toolkit (models, data, losses, trainer, enhancement, metrics)."""
+"""se: speech-enhancement recipes toolkit (models, data, features, trainer, enhancement, metrics)."""
 
 __version__ = "0.1.0"

@@ -261,7 +261,7 @@ def make_data_dir(pairs: dict[str, tuple[str, str]], out_dir: str | Path, sampli
         if sampling_rate and ni.samplerate != sampling_rate:
             raise AudioError(
                 f"{noisy}: sample rate {ni.samplerate} Hz, expected {sampling_rate} Hz; resample the "
-                "corpus first (e.g. local/resample_dir.py)"
+                "corpus first (the recipes' data stage does, once: se.resample.resample_files)"
             )
         if ni.frames != ci.frames:
             raise AudioError(f"{noisy} has {ni.frames} samples but {clean} has {ci.frames}")

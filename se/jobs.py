@@ -3,6 +3,8 @@ and slurm.pl. Standard library only; the wrappers run this file as a script (pyt
 
   steps/run.sh   [options] [JOB=1:N] LOGFILE command ...
   steps/slurm.sh [options] [JOB=1:N] LOGFILE command ...
+e.g.: steps/run.sh JOB=1:4 exp/x/log/enhance.JOB.log python -m se.bin.enhance --checkpoint exp/x --num-jobs 4 --job JOB --input data/test/wav.scp --output-dir exp/x/enhanced
+      steps/slurm.sh --gpu 1 --mem 16G exp/x/log/train.log torchrun --standalone --nproc_per_node 1 -m se.bin.train --config conf/x.yaml --exp-dir exp/x
 
 Options (--name value or --name=value; before or after JOB=a:b):
   --max-jobs-run N   run at most N of the jobs at once (local default: the number of cores)
@@ -416,7 +418,7 @@ def main(argv: list[str]) -> int:
         if isinstance(e, UsageError):
             print(f"Usage: {prog} [options] [JOB=1:N] LOGFILE command ...\n"
                   f"e.g.: {prog} JOB=1:4 exp/x/log/enhance.JOB.log python -m se.bin.enhance "
-                  f"--part JOB --nparts 4\n(options and rules: {prog} --help)",
+                  f"--checkpoint exp/x --num-jobs 4 --job JOB ...\n(options and rules: {prog} --help)",
                   file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before any job started

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Enhance the noisy side (wav.scp) of a data dir with a trained experiment, in nj parallel jobs.
 set -euo pipefail
+echo "$0 $*"
+SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+. "$SE_ROOT/steps/lib/common.sh"
 
-cmd=${SE_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}/steps/run.sh  # job runner (see cmd.sh)
+cmd=                   # job runner with its options; empty: $decode_cmd (cmd.sh), else steps/run.sh
 nj=4                   # number of parallel jobs
 network=               # network name (only needed for ClearVoice release checkpoints)
 checkpoint=            # checkpoint file; default: the experiment dir's best checkpoint
@@ -10,10 +13,10 @@ clearvoice_compat=false  # reproduce ClearVoice's decode path instead of ours
 output_subtype=PCM_16  # PCM_16 or FLOAT
 extra_args=            # more options for se.bin.enhance, e.g. "--segment-length 20"
 
-echo "$0 $*"
 help_message="Usage: $0 [options] <exp-dir> <data-dir> <out-dir>
 e.g.: $0 --nj 4 exp/frcrn data/test exp/frcrn/enhanced/test"
-. "$(dirname "$0")/parse_options.sh"
+. "$SE_ROOT/steps/parse_options.sh"
+[ -n "$cmd" ] || cmd=${decode_cmd:-$SE_ROOT/steps/run.sh}  # Kaldi: $cmd JOB=1:N LOG command ...
 
 if [ $# -ne 3 ]; then
   echo "$help_message" >&2
@@ -21,9 +24,9 @@ if [ $# -ne 3 ]; then
 fi
 exp=$1 data=$2 out=$3
 
-[ -f "$data/wav.scp" ] || { echo "$0: $data/wav.scp not found; run the data preparation stage first" >&2; exit 1; }
+require "$data/wav.scp" "run the data preparation stage first"
 [ -n "$checkpoint" ] || checkpoint=$exp
-[ -e "$checkpoint" ] || { echo "$0: $checkpoint not found; run the training stage first" >&2; exit 1; }
+require "$checkpoint" "run the training stage first"
 num_utts=$(wc -l < "$data/wav.scp")
 [ "$nj" -le "$num_utts" ] || nj=$num_utts
 
@@ -45,7 +48,8 @@ $cmd JOB=1:"$nj" "$out/log/enhance.JOB.log" \
 # wav.scp of the outputs, for scoring; every input must have its output
 out_abs=$(cd "$out" && pwd)
 while read -r utt _; do
-  [ -s "$out_abs/$utt.wav" ] || { echo "$0: missing output $out_abs/$utt.wav (see $out/log/enhance.*.log)" >&2; exit 1; }
+  [ -s "$out_abs/$utt.wav" ] || fail "missing output $out_abs/$utt.wav (see $out/log/enhance.*.log)"
 done < "$data/wav.scp"
 awk -v d="$out_abs" '{print $1" "d"/"$1".wav"}' "$data/wav.scp" | python -m se.atomic "$out/wav.scp"
-echo "$0: enhanced $num_utts utterances of $data into $out"
+log "enhanced $num_utts utterances of $data into $out"
+success

@@ -13,7 +13,9 @@
 # --foo-bar VALUE and --foo-bar=VALUE set foo_bar; an option whose default is true or false takes
 # only true or false, one whose default is an integer (e.g. stage=0) only an integer, one whose
 # default is another number (e.g. alpha=0.5) only a number. Options come before the positional arguments; "--" ends them. --help (-h)
-# prints help_message and the options with their defaults and comments, then exits 0.
+# prints help_message and the options with their defaults and comments, then exits 0; the other
+# options on that command line are checked first (names and values), so `script --help OPTIONS`
+# is a dry run of the option parsing (tests/test_docs_commands.py runs documented commands so).
 # --config FILE reads name=value lines of declared options before the command line is applied
 # (the command line wins), unless the script declares its own `config` option.
 # An unknown option, a missing value or a value of the wrong kind prints a message naming the
@@ -113,10 +115,11 @@ _po_read_config() {
 _po_opts=()
 _po_values=()
 _po_configs=()
+_po_help=false
 while [ $# -gt 0 ]; do
   case $1 in
     --) shift; break ;;
-    --help|-h) _po_print_help; exit 0 ;;
+    --help|-h) _po_help=true; shift; continue ;;
     --*=*) _po_opt=${1%%=*}; _po_value=${1#*=}; shift ;;
     --?*)
       if [ $# -lt 2 ]; then
@@ -172,7 +175,12 @@ for _po_i in "${!_po_names[@]}"; do
   fi
 done
 
+if $_po_help; then
+  _po_print_help
+  exit 0
+fi
+
 unset -f _po_print_help _po_read_config
 unset _po_int _po_num _po_script _po_fd _po_names _po_defaults _po_comments _po_declared _po_above _po_line _po_name \
-  _po_comment _po_opts _po_values _po_configs _po_opt _po_value _po_i
+  _po_comment _po_opts _po_values _po_configs _po_opt _po_value _po_i _po_help
 true

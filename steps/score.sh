@@ -4,21 +4,23 @@
 # Outputs in <out-dir> (see se/bin/score.py): scores.tsv summary.json summary.md notes.tsv
 # ref.scp est.scp cmd, job logs in <out-dir>/log/score.JOB.log, parts in <out-dir>/split/JOB/.
 set -euo pipefail
+echo "$0 $*"
+SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+. "$SE_ROOT/steps/lib/common.sh"
 
-# job runner, Kaldi style: $cmd JOB=1:$nj LOG command ... (steps/run.sh or steps/slurm.sh)
-cmd=${SE_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}/steps/run.sh
+cmd=                 # job runner with its options; empty: $score_cmd (cmd.sh), else steps/run.sh
 nj=4                 # number of parallel jobs (capped at the number of utterances)
 metrics=all          # comma list of metrics or groups: all nodnsmos noref pesq composite dnsmos or columns
 fs=                  # required native sample rate of every file (empty: any, ref and est equal)
 max_len_diff=0.1     # seconds; longer length differences make reference-based metrics undefined
 python=python        # interpreter with the requirements installed (path.sh puts tools/venv first)
 
-echo "$0 $*"
 printf -v cmdline '%q ' "$0" "$@"  # for $dir/cmd
 help_message="Usage: $0 [options] <ref-scp|ref-dir|-> <est-scp|est-dir> <out-dir>
 e.g.: $0 --nj 8 data/test/clean.scp exp/frcrn/enhanced/test/wav.scp exp/frcrn/scores/test/enhanced
       $0 --metrics noref - exp/frcrn/enhanced/real_rec/wav.scp exp/frcrn/scores/real_rec/enhanced  # no reference"
-. "$(dirname "$0")/parse_options.sh"
+. "$SE_ROOT/steps/parse_options.sh"
+[ -n "$cmd" ] || cmd=${score_cmd:-$SE_ROOT/steps/run.sh}  # Kaldi: $cmd JOB=1:N LOG command ...
 
 if [ $# -ne 3 ]; then
   echo "$help_message" >&2
@@ -26,15 +28,12 @@ if [ $# -ne 3 ]; then
 fi
 ref=$1 est=$2 dir=$3
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0")) $*"; }
-
 for x in "$ref" "$est"; do
-  [ "$x" = - ] || [ -e "$x" ] || { echo "$0: $x not found" >&2; exit 1; }
+  [ "$x" = - ] || require "$x"
 done
-case $nj in ''|*[!0-9]*|0) echo "$0: --nj must be a positive integer, got '$nj'" >&2; exit 1 ;; esac
+[ "$nj" -ge 1 ] || fail "--nj must be a positive integer, got '$nj'"
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$SE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 score=("$python" -m se.bin.score --est "$est" --out-dir "$dir")
 [ "$ref" = - ] || score+=(--ref "$ref")
 opts=(--metrics "$metrics" --max-len-diff "$max_len_diff")
@@ -64,4 +63,4 @@ else
 fi
 echo "${cmdline% }" | "$python" -m se.atomic "$dir/cmd"
 cat "$dir/summary.md"
-log "Successfully finished. [elapsed=${SECONDS}s]"
+success

@@ -6,9 +6,10 @@ set -euo pipefail
 echo "$0 $*"
 
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+. "$SE_ROOT/steps/lib/common.sh"
 
-# job runner (cmd.sh's $train_cmd): steps/run.sh or steps/slurm.sh with its options
-cmd=${train_cmd:-$SE_ROOT/steps/run.sh}
+# job runner with its options; empty: $train_cmd (cmd.sh), else steps/run.sh
+cmd=
 # GPUs per node; 0 trains on CPU
 ngpu=0
 # nodes; above 1 needs the Slurm runner
@@ -29,9 +30,10 @@ rdzv_port=
 dry_run=false
 
 help_message="Usage: $0 [options] --config <yaml> [--train-data <dir>] --valid-data <dir> --exp-dir <dir> [-- <se.bin.train options>]
-e.g.: $0 --ngpu 2 --config conf/frcrn.yaml --train-data data/train --valid-data data/valid --exp-dir exp/frcrn -- --max-epochs 10"
+e.g.: $0 --ngpu 2 --config conf/frcrn.yaml --train-data data/train --valid-data data/valid --exp-dir exp/frcrn -- --max-epoch 10"
 
 . "$SE_ROOT/steps/parse_options.sh"
+[ -n "$cmd" ] || cmd=${train_cmd:-$SE_ROOT/steps/run.sh}  # Kaldi: $cmd JOB=1:N LOG command ...
 
 usage_error() {
   echo "$0: $*" >&2
@@ -83,4 +85,5 @@ if [ -f "$exp_dir/last_checkpoint" ]; then
   python "${trainer[@]}" --check-only || exit 1
 fi
 "${run[@]}"
-echo "$0: successfully trained in $exp_dir (log: $log)"
+log "trained in $exp_dir (log: $log)"
+success

@@ -16,21 +16,45 @@ def test_mini_recipe_all_stages(tmp_path):
     for name in ("path.sh", "cmd.sh"):
         (tmp_path / name).write_text(f'. "{REPO}/{name}"\n')
     env = dict(os.environ, OMP_NUM_THREADS="2")
+    # job runners given on the command line (--decode-cmd, --score-cmd) run the jobs of stages 4 and 5
+    calls = tmp_path / "runner_calls.txt"
+    runner = tmp_path / "my_runner.sh"
+    runner.write_text(f'#!/bin/bash\necho "$*" >> {calls}\nexec {REPO}/steps/run.sh "$@"\n')
+    runner.chmod(0o755)
     cmd = ["bash", str(recipe / "run.sh"), "--nj", "1", "--metrics", "pesq_wb,stoi,si_sdr",
-           "--train-args", "--max_steps 3 --batch_size 4 --num_workers 0 --valid_utterances_to_log 0 "
-           "--network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}'"]
+           "--decode-cmd", f"{runner} --mem 2G", "--score-cmd", str(runner),
+           "--train-args", "--max-steps 3 --batch-size 4 --num-workers 0 --valid-utterances-to-log 0 "
+           "--network-kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}'"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Successfully finished" in out.stdout
     results = (recipe / "exp/FRCRN_SE_16K/RESULTS.md").read_text()
     assert "| noisy (input) | 8 |" in results and "| enhanced | 8 |" in results
     assert len(list((recipe / "exp/FRCRN_SE_16K/enhanced/test").glob("*.wav"))) == 8
+    jobs = calls.read_text().splitlines()
+    assert len(jobs) == 3, jobs
+    assert jobs[0].startswith("--mem 2G JOB=1:1 ") and "se.bin.enhance" in jobs[0]
+    assert all(j.startswith("JOB=1:1 ") and "se.bin.score" in j for j in jobs[1:])
+    # the same command again: every stage's .done marker holds the same inputs, nothing runs
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for skipped in ("is complete, skipping", "data dirs are made already", "validated already",
+                    "trained already with these settings", "enhanced/test is up to date",
+                    "scores/test/noisy is up to date", "scores/test/enhanced is up to date"):
+        assert skipped in again.stdout, skipped
+    assert len(calls.read_text().splitlines()) == 3
+    # other metrics: only the scoring stage runs again (noisy and enhanced), through --score-cmd
+    rescore = subprocess.run([*cmd, "--metrics", "si_sdr"], env=env, capture_output=True, text=True, timeout=600)
+    assert rescore.returncode == 0, rescore.stdout[-3000:] + rescore.stderr[-3000:]
+    assert "trained already" in rescore.stdout and "enhanced/test is up to date" in rescore.stdout
+    jobs = calls.read_text().splitlines()
+    assert len(jobs) == 5 and all("se.bin.score" in j and "--metrics si_sdr" in j for j in jobs[3:]), jobs
     # the causal conf on the same data: trains, enhances hop by hop (se.stream), scores, and its
     # RESULTS.md shows the offline FRCRN beside it on the same test set
     cmd = ["bash", str(recipe / "run.sh"), "--stage", "3", "--nj", "1", "--metrics", "si_sdr",
            "--conf", "conf/train_FRCRN_SE_16K_causal.yaml", "--compare", "FRCRN_SE_16K",
-           "--train-args", "--max_steps 3 --batch_size 4 --num_workers 0 --valid_utterances_to_log 0 "
-           "--network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3, causal: true}'"]
+           "--train-args", "--max-steps 3 --batch-size 4 --num-workers 0 --valid-utterances-to-log 0 "
+           "--network-kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3, causal: true}'"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     causal = recipe / "exp/FRCRN_SE_16K_causal"
@@ -43,7 +67,7 @@ def test_mini_recipe_all_stages(tmp_path):
     # --simulate true on the same corpus: source dirs, pyroomacoustics RIRs, fixed sets from
     # se.bin.simulate, training on the fly (tiny FRCRN, 3 updates), enhancement and scoring
     cmd = ["bash", str(recipe / "run.sh"), "--simulate", "true", "--stage", "1", "--num-rirs", "4", "--nj", "1",
-           "--metrics", "si_sdr", "--train-args", "--max_steps 3 --batch_size 4 --num_workers 1 "
+           "--metrics", "si_sdr", "--train-args", "--max-steps 3 --batch-size 4 --num-workers 1 "
            "--valid_utterances_to_log 0 --network_kwargs '{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}'"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -2,6 +2,7 @@
 torchrun launcher steps/train.sh (with steps/lib/torchrun_node.sh). Fast: no torch, no Slurm."""
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -310,6 +311,19 @@ def test_cmd_sh_rejects_unknown_backend(tmp_path):
     assert result.stdout == ""
 
 
+def test_job_runners_keep_the_runners_given(tmp_path):
+    """A recipe's --train-cmd/--decode-cmd/--score-cmd win over cmd.sh's; the empty ones take cmd.sh's."""
+    script = (f'set -euo pipefail; SE_ROOT={REPO}; . {REPO}/steps/lib/common.sh; train_cmd="my.sh --mem 1G"; '
+              'decode_cmd=; score_cmd=; job_runners; echo "$train_cmd|$decode_cmd|$score_cmd"')
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_cmd")}
+    result = sh(["bash", "-c", script], cwd=tmp_path, env={**env, "cmd_backend": "slurm"})
+    slurm = f"{REPO}/steps/slurm.sh --config {REPO}/conf/slurm.conf"
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"my.sh --mem 1G|{slurm}|{slurm}"
+    wrong = sh(["bash", "-c", script], cwd=tmp_path, env={**env, "cmd_backend": "sge"})
+    assert wrong.returncode == 1 and "unknown cmd_backend 'sge'" in wrong.stderr and wrong.stdout == ""
+
+
 # ---------------------------------------------------------------- steps/train.sh
 
 
@@ -402,7 +416,7 @@ def test_train_runs_through_the_local_runner(recipe):
     cwd, env = recipe
     result = sh([TRAIN, *DATA_ARGS, "--", "--max-epochs", "1"], cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
-    assert "successfully trained in exp/x" in result.stdout
+    assert "trained in exp/x" in result.stdout and "Successfully finished" in result.stdout
     lines = log_lines(cwd / "exp" / "x" / "log" / "train.log")
     assert lines[0].startswith("# torchrun --standalone --nnodes 1 --nproc_per_node 1 -m se.bin.train")
     assert "torchrun --standalone --nnodes 1 --nproc_per_node 1 " + " ".join(TRAINER[:2]) in lines[3]
@@ -425,3 +439,71 @@ def test_train_rejects(recipe, args, message):
     assert message in result.stderr
     if "cluster" not in message and "option" not in message:
         assert "e.g.:" in result.stderr
+
+
+# ---------------------------------------------------------------- the step contract, --help
+
+STEPS = [REPO / "steps" / f"{name}.sh" for name in ("train", "enhance", "score")]
+OPTION_SCRIPTS = [*STEPS, REPO / "steps" / "lib" / "torchrun_node.sh", *sorted(REPO.glob("local/*.sh")),
+                  *sorted(REPO.glob("egs/*/run.sh"))]
+
+
+@pytest.mark.parametrize("script", STEPS, ids=lambda p: p.name)
+def test_step_contract(script, tmp_path):
+    """echo "$0 $@" first; usage with an e.g. line and exit 1 on wrong arguments; inputs checked;
+    the success line (steps/lib/common.sh) last."""
+    wrong = sh([script], cwd=tmp_path)
+    assert wrong.returncode == 1
+    assert wrong.stdout.splitlines()[0] == f"{script} "
+    assert "Usage: " in wrong.stderr and "e.g.: " in wrong.stderr
+    helped = sh([script, "--help"], cwd=tmp_path)
+    assert helped.returncode == 0 and helped.stdout.splitlines()[0] == f"{script} --help"
+    assert "e.g.: " in helped.stdout
+    source = script.read_text().rstrip().splitlines()
+    assert source[-1] == "success"
+    assert any("steps/lib/common.sh" in line for line in source[:20])
+    (tmp_path / "exp").mkdir()
+    missing = {"train": ["--config", "none.yaml", "--valid-data", "v", "--exp-dir", "exp"],
+               "enhance": ["exp", "data/none", "out"], "score": ["data/none.scp", "est.scp", "out"]}
+    result = sh([script, *missing[script.stem]], cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[0].endswith(
+        {"train": "no config file none.yaml", "enhance": "data/none/wav.scp not found; run the data preparation "
+         "stage first", "score": "data/none.scp not found"}[script.stem])
+    assert "Successfully finished" not in result.stdout
+
+
+def help_options(script: Path) -> dict[str, str]:
+    """--help's option lines: {--name: comment}."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DNS_ROOT", "VBD_ROOT")}
+    result = sh([script, "--help"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "e.g.: " in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith("  --")]
+    assert not [line for line in lines if str(REPO) in line], "a default names a path of this machine"
+    return {line.split()[0]: line.split("  # ", 1)[1] for line in lines}
+
+
+@pytest.mark.parametrize("script", OPTION_SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_help_lists_only_declared_options(script):
+    """Every option --help lists is a declared one: it has its comment and the script uses it (a
+    variable set above parse_options.sh by accident, such as a path, would show up here)."""
+    options = help_options(script)
+    assert options, script
+    text = script.read_text()
+    body = text[text.index("parse_options.sh"):]
+    for option, comment in options.items():
+        assert comment != "(no comment)", f"{script}: {option} is not a declared option"
+        if option == "--config" and "config=" not in text:
+            continue  # parse_options' own --config FILE
+        name = option[2:].replace("-", "_")
+        if name in ("stage", "stop_stage") and "in_stages " in body:
+            continue  # read by in_stages (steps/lib/common.sh)
+        assert re.search(rf"\$\{{?{name}\b", body), f"{script}: {option} is declared but never used"
+    assert all("_" not in option for option in options), options
+
+
+@pytest.mark.parametrize("runner", ["run.sh", "slurm.sh"])
+def test_runner_help(runner):
+    result = sh([REPO / "steps" / runner, "--help"])
+    assert result.returncode == 0 and "e.g.: steps/run.sh JOB=1:4" in result.stdout

@@ -257,7 +257,7 @@ def test_offline_download_says_what_to_fetch(fake_wget, tmp_path):
                         env={**env, "OFFLINE": "1"})
     assert result.returncode == 1
     for text in ("could not download clean_trainset_28spk_wav.zip", "https://datashare.ed.ac.uk/handle/10283/2791",
-                 "noisy_testset_wav.zip", "--vbd_root"):
+                 "noisy_testset_wav.zip", "--vbd-root"):
         assert text in result.stderr, text
     assert not (tmp_path / "dl" / "clean_trainset_28spk_wav").exists()
 

@@ -2,11 +2,11 @@
 # DNS Challenge 5 (ICASSP 2023) fullband data, trained on degradations simulated on the fly:
 # clean speech + noise + room impulse responses + channel effects (se/simulation.py), the way the
 # released ClearVoice networks were trained (DNS-scale data, about 30 % reverberant). See README.md.
-#   e.g.: ./run.sh --dns_root /corpora/dns5                      # FRCRN_SE_16K, stages 1-5
+#   e.g.: ./run.sh --dns-root /corpora/dns5                      # FRCRN_SE_16K, stages 1-5
 #         ./run.sh --subsets "read_speech noise_fullband impulse_responses"   # download them first
-#         ./run.sh --dns_root /corpora/dns5 --network MossFormer2_SE_48K --ngpu 4
-#         ./run.sh --dns_root /corpora/dns5 --init FRCRN_SE_16K.pt --tag FRCRN_SE_16K_ft  # fine-tune
-# Stages: 0 download the chosen subsets (or verify --dns_root), 1 clean/noise/RIR source dirs at
+#         ./run.sh --dns-root /corpora/dns5 --network MossFormer2_SE_48K --ngpu 4
+#         ./run.sh --dns-root /corpora/dns5 --init FRCRN_SE_16K.pt --tag FRCRN_SE_16K_ft  # fine-tune
+# Stages: 0 download the chosen subsets (or verify --dns-root), 1 clean/noise/RIR source dirs at
 # 16 and 48 kHz (speaker-disjoint train/valid/test), 2 fixed simulated valid/test sets
 # (se.bin.simulate) + the official DNS synthetic/dev test sets when present, 3 train with
 # on-the-fly simulation, 4 enhance every test set, 5 score (DNSMOS/PLCMOS only for sets without a
@@ -16,9 +16,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
-. "$SE_ROOT/steps/lib/recipe.sh"
-# shellcheck disable=SC1091
-. "$SE_ROOT/cmd.sh"
+. "$SE_ROOT/steps/lib/common.sh"
 # shellcheck source=SCRIPTDIR/db.sh
 . "$(dirname "$0")/db.sh"
 
@@ -43,14 +41,18 @@ ngpu=0                  # GPUs per node for training (0 = CPU)
 num_nodes=1             # nodes for training (more than 1 needs cmd_backend=slurm)
 init=                   # fine-tune from this checkpoint (a ClearVoice release file or one of ours)
 tag=                    # experiment name; default <network>
-train_args=             # more se.bin.train options (shell quoting), e.g. "--max_epoch 20 --batch_size 8"
+train_args=             # more se.bin.train options (shell quoting), e.g. "--max-epoch 20 --batch-size 8"
 metrics=all             # metrics for test sets with clean references (se.bin.score --metrics)
 noref_metrics=noref     # metrics for test sets without them (DNSMOS and PLCMOS)
 
+train_cmd=              # job runner of the training jobs; empty: cmd.sh's (cmd_backend=local|slurm)
+decode_cmd=             # job runner of the enhancement jobs; empty: cmd.sh's
+score_cmd=              # job runner of the scoring jobs; empty: cmd.sh's
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 [options]
-e.g.: $0 --dns_root /corpora/dns5 --network FRCRN_SE_16K --ngpu 1"
+e.g.: $0 --dns-root /corpora/dns5 --network FRCRN_SE_16K --ngpu 1"
 . "$SE_ROOT/steps/parse_options.sh"
+job_runners
 cd "$(dirname "$0")"
 
 conf=conf/train_${network}.yaml
@@ -71,7 +73,7 @@ sets_sig="$data_sig valid=$num_valid test=$num_test length=$sim_length conf=$(ck
 # the test sets of stage 2: the simulated one and the official ones found in the corpus
 test_sets() { echo test_sim; [ ! -f "$data/official_test_sets" ] || cat "$data/official_test_sets"; }
 
-if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+if in_stages 0; then
   log "Stage 0: get and verify the DNS 5 subsets ($subsets) in $corpus"
   if stage_done data/.stage0.done "$corpus_sig"; then
     log "$corpus was verified already, skipping (data/.stage0.done)"
@@ -85,7 +87,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   fi
 fi
 
-if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+if in_stages 1; then
   log "Stage 1: clean/noise/RIR source dirs in data/<rate>/ at $rates Hz"
   if stage_done data/.stage1.done "$data_sig"; then
     log "the source dirs are prepared already, skipping (data/.stage1.done)"
@@ -110,7 +112,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   fi
 fi
 
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+if in_stages 2; then
   log "Stage 2: fixed simulated valid/test sets and the official test sets in $data"
   if stage_done "$data/.stage2.done" "$sets_sig"; then
     log "the valid/test sets are made already, skipping ($data/.stage2.done)"
@@ -133,10 +135,10 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   fi
 fi
 
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+if in_stages 3; then
   log "Stage 3: train $network in $exp on data simulated on the fly ($conf)"
   stage_done "$data/.stage2.done" "$sets_sig" || { log "$data/valid_sim is not made; run stage 2 first"; exit 1; }
-  eval "extra=($train_args)"  # quotes in --train_args group words, as on a command line
+  eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
   [ -z "$init" ] || extra=(--init "$init" "${extra[@]}")
   train_sig="$(cksum < "$conf") ${extra[*]} $sets_sig"
   if stage_done "$exp/.stage3.done" "$train_sig"; then
@@ -149,7 +151,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   fi
 fi
 
-if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+if in_stages 4; then
   log "Stage 4: enhance the test sets with the best checkpoint of $exp"
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
   stage_done "$data/.stage2.done" "$sets_sig" || { log "the test sets are not made; run stage 2 first"; exit 1; }
@@ -165,7 +167,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   done
 fi
 
-if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+if in_stages 5; then
   log "Stage 5: score noisy and enhanced audio of every test set; write $exp/RESULTS.md"
   for set in $(test_sets); do
     [ -f "$exp/enhanced/$set/.done" ] || { log "no enhanced audio in $exp/enhanced/$set; run stage 4 first"; exit 1; }
@@ -194,4 +196,4 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   cat "$exp/RESULTS.md"
 fi
 
-log "Successfully finished. [elapsed=${SECONDS}s]"
+success

@@ -8,7 +8,14 @@
 #         ./run.sh --simulate true                   # train on degradations simulated on the fly
 #         ./run.sh --stage 3 --conf conf/train_FRCRN_SE_16K_causal.yaml --compare FRCRN_SE_16K
 #                                                    # causal FRCRN (streamed), beside the offline one
+# Stages: 0 mini corpus, 1 data dirs (or source dirs, RIRs and fixed simulated sets), 2 validate
+# them, 3 train, 4 enhance the test set, 5 score it into exp/<tag>/RESULTS.md. Finished stages leave
+# .done markers holding their inputs and are skipped when run again with the same inputs.
 set -euo pipefail
+
+# shellcheck disable=SC1091
+. "$(dirname "$0")/../../path.sh"
+. "$SE_ROOT/steps/lib/common.sh"
 
 stage=0                # first stage to run
 stop_stage=5           # last stage to run
@@ -20,32 +27,36 @@ nj=2                   # parallel jobs for enhancement and scoring
 conf=                  # training config; default conf/train_<network>.yaml
 tag=                   # experiment name; default the config's name without train_ (e.g. FRCRN_SE_16K)
 compare=               # experiments (tags) scored on the same test set, shown beside this one in RESULTS.md
-train_args=            # extra training options (shell quoting), e.g. "--max_epoch 2 --batch_size 4"
+train_args=            # extra se.bin.train options (shell quoting), e.g. "--max-epoch 2 --batch-size 4"
 metrics=all            # metrics of the scoring stage (se.bin.score --metrics), e.g. "pesq_wb,stoi,si_sdr"
 simulate=false         # true: train on noise, RIRs and channel effects simulated on the fly (conf/train_sim_<network>.yaml)
 num_rirs=20            # --simulate true: number of pyroomacoustics RIRs (local/simulate_rirs.py)
+train_cmd=              # job runner of the training jobs; empty: cmd.sh's (cmd_backend=local|slurm)
+decode_cmd=             # job runner of the enhancement jobs; empty: cmd.sh's
+score_cmd=              # job runner of the scoring jobs; empty: cmd.sh's
 
-here=$(cd "$(dirname "$0")" && pwd)
-. "$here/../../path.sh"
-. "$SE_ROOT/steps/lib/recipe.sh"
-. "$here/../../cmd.sh"
+printf -v run_cmdline '%q ' "$0" "$@"
+help_message="Usage: $0 [options]
+e.g.: $0 --network FRCRN_SE_16K --stage 0 --stop-stage 5 --nj 2"
 . "$SE_ROOT/steps/parse_options.sh"
-cd "$here"
+job_runners
+cd "$(dirname "$0")"
 
 if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)
-  [ -f "$conf" ] || { log "no $conf"; exit 1; }
+  require "$conf"
   network=$(python -c 'import sys; from se.config import load; print(load(sys.argv[1])["network"])' "$conf")
 fi
 if [ -z "$fs" ]; then
   fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
 fi
-case $simulate in true|false) ;; *) log "--simulate takes true or false, not '$simulate'"; exit 1 ;; esac
 if $simulate; then
   [ -n "$conf" ] || conf=conf/train_sim_${network}.yaml
+  mode=sim
   valid_set=valid_sim  # fixed sets made by se.bin.simulate (stage 1)
   test_set=test_sim
 else
   [ -n "$conf" ] || conf=conf/train_${network}.yaml
+  mode=paired
   valid_set=valid
   test_set=test
 fi
@@ -56,37 +67,46 @@ corpus=downloads/mini_${fs}
 data=data/${fs}
 exp=exp/${tag}
 
-if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+# the inputs of each stage (see stage_done in steps/lib/common.sh)
+corpus_sig="fs=$fs"
+if $simulate; then
+  data_sig="$corpus_sig rirs=$num_rirs conf=$(cksum < "$conf")"  # the fixed sets follow the conf
+else
+  data_sig="$corpus_sig"
+fi
+
+if in_stages 0; then
   log "Stage 0: make the mini corpus at ${fs} Hz in ${corpus}"
-  if [ -f "$corpus/.done" ]; then
+  if stage_done "$corpus/.done" "$corpus_sig"; then
     log "$corpus is complete, skipping"
   else
+    rm -f "$corpus/.done"
     python "$SE_ROOT/local/make_mini_corpus.py" --out-dir "$corpus" --fs "$fs"
-    touch "$corpus/.done"
+    mark_done "$corpus/.done" "$corpus_sig"
   fi
 fi
 
-if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
-  log "Stage 1: data dirs in ${data}"
-  [ -f "$corpus/.done" ] || { log "$corpus is missing; run stage 0 first"; exit 1; }
-  if ! $simulate; then
+if in_stages 1; then
+  log "Stage 1: data dirs in ${data} ($mode)"
+  stage_done "$corpus/.done" "$corpus_sig" || { log "$corpus is missing; run stage 0 first"; exit 1; }
+  if stage_done "$data/.stage1.$mode.done" "$data_sig"; then
+    log "the data dirs are made already, skipping ($data/.stage1.$mode.done)"
+  elif ! $simulate; then
+    rm -f "$data/.stage1.$mode.done"
     for set in train valid test; do
       python -m se.bin.make_data_dir --noisy-dir "$corpus/$set/noisy" --clean-dir "$corpus/$set/clean" \
         --out "$data/$set" --fs "$fs"
     done
+    mark_done "$data/.stage1.$mode.done" "$data_sig"
   else
+    rm -f "$data/.stage1.$mode.done"
     # source dirs: the corpus's clean speech and noise, per set; RIRs from pyroomacoustics
     for set in train valid test; do
-      [ -d "$corpus/$set/noise" ] || { log "$corpus has no noise/ folders (made before --simulate existed); delete it and run stage 0"; exit 1; }
       python -m se.bin.make_source_dir --audio-dir "$corpus/$set/clean" --out "$data/speech_$set" --fs "$fs"
       python -m se.bin.make_source_dir --audio-dir "$corpus/$set/noise" --out "$data/noise_$set" --fs "$fs"
     done
     # one set of simulated rooms for all sets (a real corpus holds RIRs out, see egs/dns_challenge)
-    if [ -f "$data/rir/wav.scp" ] && [ "$(wc -l < "$data/rir/wav.scp")" -eq "$num_rirs" ]; then
-      log "$data/rir has $num_rirs RIRs, skipping"
-    else
-      python "$SE_ROOT/local/simulate_rirs.py" --fs "$fs" --num "$num_rirs" --seed 0 --out-dir "$data/rir"
-    fi
+    python "$SE_ROOT/local/simulate_rirs.py" --fs "$fs" --num "$num_rirs" --seed 0 --out-dir "$data/rir"
     # fixed validation and test sets: the training block's settings with held-out speech and noise
     seed=1
     for set in valid test; do
@@ -94,51 +114,81 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
         --speech "$data/speech_$set" --noise "$data/noise_$set" --prefix "mini_${set}_sim"
       seed=$((seed + 1))
     done
+    mark_done "$data/.stage1.$mode.done" "$data_sig"
   fi
 fi
 
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+if in_stages 2; then
   log "Stage 2: validate the data dirs"
-  if $simulate; then
-    python -m se.bin.validate_data_dir "$data/$valid_set" "$data/$test_set" --fs "$fs"
+  stage_done "$data/.stage1.$mode.done" "$data_sig" || { log "$data is not made; run stage 1 first"; exit 1; }
+  if stage_done "$data/.stage2.$mode.done" "$data_sig"; then
+    log "the data dirs were validated already, skipping ($data/.stage2.$mode.done)"
   else
-    python -m se.bin.validate_data_dir "$data/train" "$data/valid" "$data/test" --fs "$fs"
+    if $simulate; then
+      python -m se.bin.validate_data_dir "$data/$valid_set" "$data/$test_set" --fs "$fs"
+    else
+      python -m se.bin.validate_data_dir "$data/train" "$data/valid" "$data/test" --fs "$fs"
+    fi
+    mark_done "$data/.stage2.$mode.done" "$data_sig"
   fi
 fi
 
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+if in_stages 3; then
   log "Stage 3: train $network in $exp"
-  if $simulate; then
-    train_sets=$valid_set; train_data=  # training data: the simulation: block of $conf
-  else
-    train_sets="train $valid_set"; train_data=$data/train
-  fi
-  for set in $train_sets; do
-    [ -f "$data/$set/wav.scp" ] || { log "$data/$set is missing; run stage 1 first"; exit 1; }
-  done
+  stage_done "$data/.stage1.$mode.done" "$data_sig" || { log "$data is not made; run stage 1 first"; exit 1; }
+  if $simulate; then train_data=; else train_data=$data/train; fi  # simulate: the conf's simulation: block
   eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
-  "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
-    --train-data "$train_data" --valid-data "$data/$valid_set" --exp-dir "$exp" -- "${extra[@]}"
+  train_sig="$(cksum < "$conf") ${extra[*]} $data_sig"
+  if stage_done "$exp/.stage3.done" "$train_sig"; then
+    log "$exp is trained already with these settings, skipping ($exp/.stage3.done)"
+  else
+    rm -f "$exp/.stage3.done"
+    "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
+      --train-data "$train_data" --valid-data "$data/$valid_set" --exp-dir "$exp" -- "${extra[@]}"
+    mark_done "$exp/.stage3.done" "$train_sig"
+  fi
 fi
 
-if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+if in_stages 4; then
   log "Stage 4: enhance $data/$test_set with the best checkpoint of $exp (causal models: streamed hop by hop)"
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
-  "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/$test_set" "$exp/enhanced/$test_set"
+  enhance_sig="$(checkpoint_sig "$exp") $data_sig"
+  if stage_done "$exp/enhanced/$test_set/.done" "$enhance_sig"; then
+    log "$exp/enhanced/$test_set is up to date, skipping"
+  else
+    rm -f "$exp/enhanced/$test_set/.done"
+    "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/$test_set" "$exp/enhanced/$test_set"
+    mark_done "$exp/enhanced/$test_set/.done" "$enhance_sig"
+  fi
 fi
 
-if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+if in_stages 5; then
   log "Stage 5: score noisy and enhanced test audio; write $exp/RESULTS.md"
   t=$test_set
-  [ -f "$exp/enhanced/$t/wav.scp" ] || { log "no enhanced audio in $exp/enhanced/$t; run stage 4 first"; exit 1; }
-  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/$t/spk1.scp" "$data/$t/wav.scp" "$exp/scores/$t/noisy"
-  "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --metrics "$metrics" "$data/$t/spk1.scp" "$exp/enhanced/$t/wav.scp" "$exp/scores/$t/enhanced"
+  [ -f "$exp/enhanced/$t/.done" ] || { log "no enhanced audio in $exp/enhanced/$t; run stage 4 first"; exit 1; }
+  metrics=${metrics// /,}
+  for kind in noisy enhanced; do
+    if [ $kind = noisy ]; then
+      est=$data/$t/wav.scp score_sig="metrics=$metrics $data_sig"
+    else
+      est=$exp/enhanced/$t/wav.scp score_sig="metrics=$metrics $(cat "$exp/enhanced/$t/.done")"
+    fi
+    if stage_done "$exp/scores/$t/$kind/.done" "$score_sig"; then
+      log "$exp/scores/$t/$kind is up to date, skipping"
+      continue
+    fi
+    rm -f "$exp/scores/$t/$kind/.done"
+    "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --fs "$fs" --metrics "$metrics" \
+      "$data/$t/spk1.scp" "$est" "$exp/scores/$t/$kind"
+    mark_done "$exp/scores/$t/$kind/.done" "$score_sig"
+  done
   compare_opts=()
   for other in $compare; do
     compare_opts+=(--compare "$other=exp/$other/scores")
   done
-  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" "${compare_opts[@]}"
+  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" --cmd "${run_cmdline% }" \
+    "${compare_opts[@]}"
   cat "$exp/RESULTS.md"
 fi
 
-log "Successfully finished. [elapsed=${SECONDS}s]"
+success

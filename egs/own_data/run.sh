@@ -2,11 +2,11 @@
 # Train or fine-tune a network on YOUR clean speech and noise: point it at a folder of clean speech
 # and a folder of noise (optionally room impulse responses), at any sample rate; training mixes
 # them on the fly with reverberation and channel effects (se/simulation.py). See README.md.
-#   e.g.: ./run.sh --speech_dir /data/my_speech --noise_dir /data/my_noise             # FRCRN_SE_16K
-#         ./run.sh --speech_dir S --noise_dir N --init FRCRN_SE_16K.pt --tag frcrn_ft   # fine-tune a release
-#         ./run.sh --speech_dir S --noise_dir N --rir_dir /data/rirs --network MossFormer2_SE_48K --ngpu 1
+#   e.g.: ./run.sh --speech-dir /data/my_speech --noise-dir /data/my_noise             # FRCRN_SE_16K
+#         ./run.sh --speech-dir S --noise-dir N --init FRCRN_SE_16K.pt --tag frcrn_ft   # fine-tune a release
+#         ./run.sh --speech-dir S --noise-dir N --rir-dir /data/rirs --network MossFormer2_SE_48K --ngpu 1
 # Stages: 1 source dirs at the network's rate (each file resampled once; train/valid/test split by
-# speaker with --utt2spk_regex, else by file; simulated RIRs when no --rir_dir), 2 fixed simulated
+# speaker with --utt2spk-regex, else by file; simulated RIRs when no --rir-dir), 2 fixed simulated
 # valid/test sets (se.bin.simulate), 3 train with on-the-fly simulation, 4 enhance the test set,
 # 5 score it into <expdir>/<tag>/RESULTS.md. Finished stages leave .done markers holding their
 # inputs and are skipped when run again with the same inputs.
@@ -14,9 +14,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
-. "$SE_ROOT/steps/lib/recipe.sh"
-# shellcheck disable=SC1091
-. "$SE_ROOT/cmd.sh"
+. "$SE_ROOT/steps/lib/common.sh"
 
 stage=1                 # first stage to run
 stop_stage=5            # last stage to run
@@ -27,7 +25,7 @@ utt2spk_regex=          # speaker in a speech file's relative path (group 1), e.
 network=FRCRN_SE_16K    # FRCRN_SE_16K or MossFormerGAN_SE_16K (16 kHz), MossFormer2_SE_48K (48 kHz)
 valid_fraction=0.05     # share of speakers (or files) and of noises / RIRs held out for validation
 test_fraction=0.05      # ... and for the test set
-num_rirs=200            # simulated RIRs without --rir_dir (split into train/valid/test like a RIR folder)
+num_rirs=200            # simulated RIRs without --rir-dir (split into train/valid/test like a RIR folder)
 num_valid=100           # utterances of the fixed simulated validation set
 num_test=100            # utterances of the fixed simulated test set
 sim_length=4            # seconds per simulated valid/test utterance (0: whole speech files)
@@ -38,13 +36,17 @@ ngpu=0                  # GPUs per node for training (0 = CPU)
 num_nodes=1             # nodes for training (more than 1 needs cmd_backend=slurm)
 init=                   # fine-tune from this checkpoint (a ClearVoice release file or one of ours)
 tag=                    # experiment name; default <network>
-train_args=             # more se.bin.train options (shell quoting), e.g. "--max_epoch 20 --batch_size 8"
+train_args=             # more se.bin.train options (shell quoting), e.g. "--max-epoch 20 --batch-size 8"
 metrics=all             # scoring metrics (se.bin.score --metrics)
 
+train_cmd=              # job runner of the training jobs; empty: cmd.sh's (cmd_backend=local|slurm)
+decode_cmd=             # job runner of the enhancement jobs; empty: cmd.sh's
+score_cmd=              # job runner of the scoring jobs; empty: cmd.sh's
 printf -v run_cmdline '%q ' "$0" "$@"
-help_message="Usage: $0 --speech_dir DIR --noise_dir DIR [options]
-e.g.: $0 --speech_dir /data/my_speech --noise_dir /data/my_noise --init FRCRN_SE_16K.pt"
+help_message="Usage: $0 --speech-dir DIR --noise-dir DIR [options]
+e.g.: $0 --speech-dir /data/my_speech --noise-dir /data/my_noise --init FRCRN_SE_16K.pt"
 . "$SE_ROOT/steps/parse_options.sh"
+job_runners
 
 # folders given relative to where the command ran
 abspath() { [ -z "$1" ] || (cd "$1" 2>/dev/null && pwd) || { log "$1: folder not found" >&2; return 1; }; }
@@ -66,13 +68,13 @@ exp=$expdir/$tag
 data_sig="fs=$fs speech=$speech_dir noise=$noise_dir rir=$rir_dir spk=$utt2spk_regex valid=$valid_fraction test=$test_fraction rirs=$num_rirs"
 sets_sig="$data_sig valid=$num_valid test=$num_test length=$sim_length conf=$(cksum < "$conf")"
 
-if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+if in_stages 1; then
   log "Stage 1: speech/noise/RIR source dirs in $data at $fs Hz"
   if stage_done "$data/.stage1.done" "$data_sig"; then
     log "the source dirs are prepared already, skipping ($data/.stage1.done)"
   else
     if [ -z "$speech_dir" ] || [ -z "$noise_dir" ]; then
-      log "give --speech_dir and --noise_dir (folders of .wav/.flac files)"
+      log "give --speech-dir and --noise-dir (folders of .wav/.flac files)"
       exit 1
     fi
     split=(--holdout "$valid_fraction" "$test_fraction" --fs "$fs" --nj "$nj")
@@ -94,7 +96,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   fi
 fi
 
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+if in_stages 2; then
   log "Stage 2: fixed simulated valid/test sets in $data"
   if stage_done "$data/.stage2.done" "$sets_sig"; then
     log "the valid/test sets are made already, skipping ($data/.stage2.done)"
@@ -114,10 +116,10 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   fi
 fi
 
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+if in_stages 3; then
   log "Stage 3: train $network in $exp on data simulated on the fly ($conf)"
   stage_done "$data/.stage2.done" "$sets_sig" || { log "$data/valid_sim is not made; run stage 2 first"; exit 1; }
-  eval "extra=($train_args)"  # quotes in --train_args group words, as on a command line
+  eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
   [ -z "$init" ] || extra=(--init "$init" "${extra[@]}")
   train_sig="$(cksum < "$conf") ${extra[*]} $sets_sig"
   if stage_done "$exp/.stage3.done" "$train_sig"; then
@@ -130,7 +132,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   fi
 fi
 
-if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+if in_stages 4; then
   log "Stage 4: enhance $data/test_sim with the best checkpoint of $exp"
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
   stage_done "$data/.stage2.done" "$sets_sig" || { log "$data/test_sim is not made; run stage 2 first"; exit 1; }
@@ -144,7 +146,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   fi
 fi
 
-if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+if in_stages 5; then
   log "Stage 5: score the noisy and enhanced test audio at $fs Hz; write $exp/RESULTS.md"
   [ -f "$exp/enhanced/test_sim/.done" ] || { log "no enhanced audio in $exp/enhanced/test_sim; run stage 4 first"; exit 1; }
   metrics=${metrics// /,}
@@ -167,4 +169,4 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   cat "$exp/RESULTS.md"
 fi
 
-log "Successfully finished. [elapsed=${SECONDS}s]"
+success

@@ -2,13 +2,13 @@
 # VoiceBank-DEMAND (28 speakers, Valentini-Botinhao et al. 2016): download and verify the corpus,
 # data dirs at 16 and 48 kHz, training, enhancement of the test set, scoring into
 # <expdir>/<tag>/RESULTS.md. See README.md for the published numbers to compare with.
-#   e.g.: ./run.sh --vbd_root /corpora/VoiceBank-DEMAND              # FRCRN_SE_16K, stages 0-5
+#   e.g.: ./run.sh --vbd-root /corpora/VoiceBank-DEMAND              # FRCRN_SE_16K, stages 0-5
 #         ./run.sh --network MossFormer2_SE_48K --ngpu 1             # trained on the 48 kHz data
 #         ./run.sh --init /path/to/FRCRN_SE_16K_release.pt --tag FRCRN_SE_16K_ft  # fine-tune
-#         ./run.sh --train_list tr.scp --valid_list cv.scp           # ClearVoice lists, no corpus prep
+#         ./run.sh --train-list tr.scp --valid-list cv.scp           # ClearVoice lists, no corpus prep
 #         ./run.sh --conf conf/train_FRCRN_SE_16K_causal.yaml --init /path/to/FRCRN_SE_16K_release.pt
 #                  # real-time (causal) FRCRN fine-tuned from the release; tag FRCRN_SE_16K_causal
-# Stages: 0 download (or verify --vbd_root), 1 data dirs, 2 validate them, 3 train, 4 enhance the
+# Stages: 0 download (or verify --vbd-root), 1 data dirs, 2 validate them, 3 train, 4 enhance the
 # test set, 5 score it. A finished stage leaves a .done marker holding its inputs and is skipped
 # when run again with the same inputs; an interrupted training resumes from its last checkpoint.
 # Relative paths in options are relative to this directory.
@@ -16,9 +16,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
-. "$SE_ROOT/steps/lib/recipe.sh"
-# shellcheck disable=SC1091
-. "$SE_ROOT/cmd.sh"
+. "$SE_ROOT/steps/lib/common.sh"
 # shellcheck source=SCRIPTDIR/db.sh
 . "$(dirname "$0")/db.sh"
 
@@ -31,7 +29,7 @@ expected_train=11572    # wav files in each training folder (noisy and clean)
 expected_test=824       # wav files in each test folder (noisy and clean)
 valid_speakers="p226 p287"  # training speakers held out as the validation set
 train_list=             # ClearVoice 2-column list (noisy.wav clean.wav) for training, instead of stages 0-1
-valid_list=             # ClearVoice list for validation (with --train_list)
+valid_list=             # ClearVoice list for validation (with --train-list)
 test_list=              # ClearVoice list for testing (optional; default: the corpus test set)
 datadir=data            # data dirs: <datadir>/<16k|48k>/<train|valid|test>
 dumpdir=dump            # 16 kHz copies of the corpus made by stage 1
@@ -42,13 +40,17 @@ num_nodes=1             # nodes for training (more than 1 needs cmd_backend=slur
 init=                   # fine-tune from this checkpoint (a ClearVoice release file or one of ours)
 conf=                   # training config; default conf/train_<network>.yaml
 tag=                    # experiment name; default the config's name without train_ (e.g. FRCRN_SE_16K)
-train_args=             # more se.bin.train options (shell quoting), e.g. "--max_epoch 20 --batch_size 8"
+train_args=             # more se.bin.train options (shell quoting), e.g. "--max-epoch 20 --batch-size 8"
 metrics=all             # scoring metrics (se.bin.score --metrics), e.g. "pesq_wb stoi si_sdr"
 
+train_cmd=              # job runner of the training jobs; empty: cmd.sh's (cmd_backend=local|slurm)
+decode_cmd=             # job runner of the enhancement jobs; empty: cmd.sh's
+score_cmd=              # job runner of the scoring jobs; empty: cmd.sh's
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 [options]
-e.g.: $0 --vbd_root /corpora/VoiceBank-DEMAND --network FRCRN_SE_16K --ngpu 1"
+e.g.: $0 --vbd-root /corpora/VoiceBank-DEMAND --network FRCRN_SE_16K --ngpu 1"
 . "$SE_ROOT/steps/parse_options.sh"
+job_runners
 cd "$(dirname "$0")"
 
 if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)
@@ -67,12 +69,12 @@ exp=$expdir/$tag
 corpus=${vbd_root:-$download_dir}
 
 # ClearVoice lists replace the corpus for training and validation, and also for testing when
-# --test_list is given; otherwise the test set still comes from the corpus.
+# --test-list is given; otherwise the test set still comes from the corpus.
 use_lists=false
 need_corpus=true
 if [ -n "$train_list$valid_list$test_list" ]; then
   if [ -z "$train_list" ] || [ -z "$valid_list" ]; then
-    log "--train_list and --valid_list go together"
+    log "--train-list and --valid-list go together"
     exit 1
   fi
   use_lists=true
@@ -83,10 +85,10 @@ if $use_lists; then rates=$fs; else rates="16000 48000"; fi
 corpus_sig="corpus=$corpus expected=$expected_train/$expected_test"
 data_sig="$corpus_sig valid_speakers=$valid_speakers rates=$rates lists=$train_list:$valid_list:$test_list"
 
-if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+if in_stages 0; then
   log "Stage 0: get and verify the corpus in $corpus"
   if ! $need_corpus; then
-    log "nothing to do: --train_list, --valid_list and --test_list replace the corpus"
+    log "nothing to do: --train-list, --valid-list and --test-list replace the corpus"
   elif stage_done "$datadir/.stage0.done" "$corpus_sig"; then
     log "$corpus was verified already, skipping ($datadir/.stage0.done)"
   else
@@ -101,7 +103,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   fi
 fi
 
-if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+if in_stages 1; then
   log "Stage 1: data dirs in $datadir/<rate>/{train,valid,test} at $rates Hz"
   if stage_done "$datadir/.stage1.done" "$data_sig"; then
     log "the data dirs are prepared already, skipping ($datadir/.stage1.done)"
@@ -127,7 +129,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   fi
 fi
 
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+if in_stages 2; then
   log "Stage 2: validate the data dirs"
   if stage_done "$datadir/.stage2.done" "$data_sig"; then
     log "the data dirs were validated already, skipping ($datadir/.stage2.done)"
@@ -143,12 +145,12 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   fi
 fi
 
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+if in_stages 3; then
   log "Stage 3: train $network on $data/train in $exp"
   for set in train valid; do
     [ -f "$data/$set/wav.scp" ] || { log "$data/$set is missing; run stage 1 first"; exit 1; }
   done
-  eval "extra=($train_args)"  # quotes in --train_args group words, as on a command line
+  eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
   [ -z "$init" ] || extra=(--init "$init" "${extra[@]}")
   train_sig="$(cksum < "$conf") ${extra[*]} $data_sig"
   if stage_done "$exp/.stage3.done" "$train_sig"; then
@@ -161,7 +163,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   fi
 fi
 
-if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+if in_stages 4; then
   log "Stage 4: enhance $data/test with the best checkpoint of $exp"
   [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
   [ -f "$data/test/wav.scp" ] || { log "$data/test is missing; run stage 1 first"; exit 1; }
@@ -175,7 +177,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   fi
 fi
 
-if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+if in_stages 5; then
   log "Stage 5: score the noisy and enhanced test audio at $fs Hz; write $exp/RESULTS.md"
   [ -f "$exp/enhanced/test/.done" ] || { log "no enhanced audio in $exp/enhanced/test; run stage 4 first"; exit 1; }
   metrics=${metrics// /,}
@@ -200,4 +202,4 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   cat "$exp/RESULTS.md"
 fi
 
-log "Successfully finished. [elapsed=${SECONDS}s]"
+success
