@@ -88,8 +88,10 @@ def training_data(exp_dir: Path, conf: dict) -> tuple[str, list[dict]]:
     if not prov_file.is_file():
         raise PackageError(f"{exp_dir}: no train_provenance.yaml; is this an experiment dir written by se.bin.train?")
     prov = yaml.safe_load(prov_file.read_text()) or {}
-    command = prov.get("command", "")
-    argv = shlex.split(command)
+    argv = shlex.split(prov.get("command", ""))
+    if argv and argv[0].endswith(("se/bin/train.py", "se.bin.train")):  # sys.argv[0] is a path on the training machine
+        argv[0] = "python -m se.bin.train"
+    command = " ".join([argv[0], *map(shlex.quote, argv[1:])]) if argv else ""
     recorded_exp = Path(_recorded_option(argv, "--exp-dir") or exp_dir)
     run_dir = Path.cwd()
     if not recorded_exp.is_absolute():
@@ -132,9 +134,11 @@ def results_tables(results_md: Path) -> list[str]:
         if line.startswith("## "):
             keep = line[3:].strip() not in ("Environment", "Commands")
             if keep:
-                out += ["", "#" + line]
-        elif keep and (line.startswith("|") or line.startswith("Rates:")):
+                out += ["", "#" + line, ""]
+        elif keep and line.startswith("|"):
             out.append(line)
+        elif keep and line.startswith("Rates:"):
+            out += ["", line]
     return out
 
 
@@ -175,7 +179,7 @@ def model_card(manifest: dict, results: list[str], name: str) -> str:
     lines = front + [
         f"# {name}",
         "",
-        f"A {manifest['network']} speech-enhancement model trained with se-recipes.",
+        f"Speech-enhancement model {manifest['network']}, trained with se-recipes.",
         "",
         "| | |",
         "| --- | --- |",
