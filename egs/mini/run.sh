@@ -8,10 +8,11 @@
 #         ./run.sh --simulate true                   # train on degradations simulated on the fly
 #         ./run.sh --stage 3 --conf conf/train_FRCRN_SE_16K_causal.yaml --compare FRCRN_SE_16K
 #                                                    # causal FRCRN (streamed), beside the offline one
+#         ./run.sh --stage 6 --licence apache-2.0    # package the model (models/<tag>) for a model hub
 set -euo pipefail
 
 stage=0                # first stage to run
-stop_stage=5           # last stage to run
+stop_stage=6           # last stage to run
 network=FRCRN_SE_16K   # FRCRN_SE_16K, MossFormerGAN_SE_16K or MossFormer2_SE_48K (with --conf: its network)
 fs=                    # corpus sample rate; empty = the network's rate (16000 or 48000)
 ngpu=0                 # GPUs per node for training (0 = CPU)
@@ -24,6 +25,8 @@ train_args=            # extra training options (shell quoting), e.g. "--max_epo
 metrics=all            # metrics of the scoring stage (se.bin.score --metrics), e.g. "pesq_wb,stoi,si_sdr"
 simulate=false         # true: train on noise, RIRs and channel effects simulated on the fly (conf/train_sim_<network>.yaml)
 num_rirs=20            # --simulate true: number of pyroomacoustics RIRs (local/simulate_rirs.py)
+package_dir=           # stage 6: model package folder; default models/<tag>
+licence=               # stage 6: licence of the weights for the model card, e.g. apache-2.0
 
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../../path.sh"
@@ -55,6 +58,7 @@ fi
 corpus=downloads/mini_${fs}
 data=data/${fs}
 exp=exp/${tag}
+[ -n "$package_dir" ] || package_dir=models/${tag}
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: make the mini corpus at ${fs} Hz in ${corpus}"
@@ -139,6 +143,27 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   done
   python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" "${compare_opts[@]}"
   cat "$exp/RESULTS.md"
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "Stage 6: package $exp as $package_dir; enhance one test file from the package"
+  [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
+  if [ -f "$package_dir/package.json" ]; then  # a package made by an earlier run: made again
+    rm -r "$package_dir"
+  fi
+  licence_opt=()
+  [ -n "$licence" ] && licence_opt=(--licence "$licence")
+  python -m se.bin.package --exp-dir "$exp" --out-dir "$package_dir" "${licence_opt[@]}"
+  read -r utt wav < "$data/$test_set/wav.scp"
+  check=$exp/package_check
+  rm -rf "$check"
+  python -m se.bin.enhance --model-dir "$package_dir" --input "$wav" --output-dir "$check/torch"
+  if [ -d "$package_dir/onnx" ] && python -m se.bin.enhance --help | grep -- --backend > /dev/null; then
+    python -m se.bin.enhance --backend onnxruntime --model-dir "$package_dir" --input "$wav" --output-dir "$check/onnxruntime"
+  else
+    log "no onnx export in $package_dir (or no onnxruntime backend): enhanced with the torch backend only"
+  fi
+  log "enhanced $utt from $package_dir into $check"
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"

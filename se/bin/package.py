@@ -51,7 +51,7 @@ def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
     cli.check_output_dir(args.out_dir, "--out-dir")
     manifest = build_package(args.exp_dir, args.out_dir, args.checkpoint, args.average, args.licence, args.formats)
-    hours = [f"{s['set']} {s['hours']:.2f} h" for s in manifest["training"]["data"] if s["hours"] is not None]
+    hours = [f"{s['set']} {s['hours']:.4g} h" for s in manifest["training"]["data"] if s["hours"] is not None]
     print(f"se.bin.package: wrote {args.out_dir} ({manifest['network']}, {manifest['checkpoint']['source']}; "
           f"{', '.join(hours) or 'training hours unknown'}; exports: {', '.join(manifest['exports']) or 'none'})")
     return 0
