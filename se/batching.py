@@ -83,7 +83,7 @@ def _run(model, signals: list[np.ndarray], batch: list[_Piece], causal: bool, de
     y = model.enhance(torch.from_numpy(x).to(device))
     if tuple(y.shape) != x.shape:
         raise RuntimeError(f"{type(model).__name__}.enhance returned shape {tuple(y.shape)} for {x.shape}")
-    y = y.double().cpu().numpy()
+    y = y.cpu().double().numpy()  # float64 on the host, not on the device
     return [y[i, : p.length] for i, p in enumerate(batch)]
 
 

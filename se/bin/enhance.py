@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from se import cli
 from se.allocator import retain_freed_memory
@@ -144,6 +145,9 @@ def enhance_in_batches(model, items, durations, read, write, label, args, segmen
             clipped += write(*loaded.pop(key), y)
     except ValueError as exc:  # e.g. too short for one frame; names the files of the batch
         raise AudioError(str(exc)) from None
+    except torch.cuda.OutOfMemoryError:
+        raise cli.UserError(f"out of GPU memory with --batch-size {args.batch_size} (pieces up to "
+                            f"--segment-length {args.segment_length:g} s); use a smaller --batch-size") from None
     return clipped
 
 
