@@ -17,8 +17,8 @@ padded only in ways that do not depend on the batch:
   are batched whatever their lengths (padded to the longest of the batch, ``quantum`` is not
   needed); longer files are streamed one by one, as without batching.
 
-Files are taken in windows of a few batches (memory stays bounded by the window); sorting the
-list by length before (se.bin.enhance does) fills the batches.
+Files are taken in windows of a few batches' worth of pieces (memory stays bounded by the
+window); sorting the list by length before (se.bin.enhance does) fills the batches.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from se.enhance import crossfade, segment_starts
 
 log = logging.getLogger(__name__)
 
-WINDOW_BATCHES = 4  # files read ahead: this many batches' worth
+WINDOW_BATCHES = 4  # files read ahead: until their pieces fill this many batches
 
 
 def padded_length(length: int, quantum: int) -> int:
@@ -99,11 +99,14 @@ def enhance_batched(model, signals: Iterable[tuple[str, np.ndarray]], batch_size
         raise ValueError(f"segment overlap ({overlap}) must be shorter than the segment ({segment})")
     causal = bool(getattr(model, "causal", False))
     window: list[tuple[str, np.ndarray]] = []
+    pieces = 0
     for item in signals:
         window.append(item)
-        if len(window) == batch_size * WINDOW_BATCHES:
+        length = len(item[1])
+        pieces += 1 if length <= segment or causal else len(segment_starts(length, segment, overlap))
+        if pieces >= batch_size * WINDOW_BATCHES:
             yield from _window(model, window, batch_size, segment, overlap, quantum, causal, device)
-            window = []
+            window, pieces = [], 0
     if window:
         yield from _window(model, window, batch_size, segment, overlap, quantum, causal, device)
 

@@ -8,7 +8,8 @@ weight values). Configurations: file by file (--batch-size 1, no padding: the de
 ``--length-quantum Q`` at batch size 1 and at each ``--batch-sizes`` (the padding is the same
 at every batch size, so these outputs are equal; the difference to the first run is the
 padding's). One untimed warm-up run on 2 files comes first. Prints one JSON line per
-configuration and a summary.
+configuration and a summary; the process's CPU time is printed too (on a machine shared with
+other jobs, files per CPU second is steadier than files per second).
 
 e.g.: PYTHONPATH=. OMP_NUM_THREADS=2 tools/venv/bin/python tests/benchmarks/bench_batch_enhance.py --files 100
       PYTHONPATH=. tools/venv/bin/python tests/benchmarks/bench_batch_enhance.py --files 16 --device cuda --batch-sizes 8 32
@@ -42,15 +43,16 @@ def write_files(root: Path, count: int, rate: int, seed: int = 0) -> Path:
     return root
 
 
-def timed(checkpoint: Path, inputs: Path, out: Path, device: str, *extra: str) -> float:
-    t0 = time.perf_counter()
+def timed(checkpoint: Path, inputs: Path, out: Path, device: str, *extra: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     code = enhance.main(["--checkpoint", str(checkpoint), "--input", str(inputs), "--output-dir", str(out),
                          "--output-subtype", "FLOAT", "--device", device, *extra])
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     if code != 0:
         raise SystemExit(f"se.bin.enhance failed ({code})")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def max_diff(a: Path, b: Path) -> float:
@@ -87,8 +89,9 @@ def main() -> None:
                     for b in args.batch_sizes]
         results = []
         for i, (label, extra) in enumerate(configs):
-            seconds = timed(checkpoint, inputs, tmp / f"out{i}", args.device, *extra)
-            row = {"config": label, "files": args.files, "seconds": round(seconds, 2),
+            seconds, cpu = timed(checkpoint, inputs, tmp / f"out{i}", args.device, *extra)
+            row = {"config": label, "files": args.files, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+                   "files_per_cpu_s": round(args.files / cpu, 3),
                    "files_per_s": round(args.files / seconds, 3), "rtf": round(seconds / audio_s, 4),
                    "max_diff_to_batch_1": round(max_diff(tmp / f"out{i}", tmp / "out1"), 8) if i > 1 else None}
             results.append(row)
