@@ -159,7 +159,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   rm -rf "$check"
   python -m se.bin.enhance --model-dir "$package_dir" --input "$wav" --output-dir "$check/torch"
   if [ -d "$package_dir/onnx" ] && python -m se.bin.enhance --help | grep -- --backend > /dev/null; then
-    python -m se.bin.enhance --backend onnxruntime --model-dir "$package_dir" --input "$wav" --output-dir "$check/onnxruntime"
+    python -m se.bin.enhance --backend onnxruntime --model-dir "$package_dir/onnx" --input "$wav" --output-dir "$check/onnxruntime"
   else
     log "no onnx export in $package_dir (or no onnxruntime backend): enhanced with the torch backend only"
   fi
