@@ -208,6 +208,8 @@ def model_card(manifest: dict, results: list[str], name: str) -> str:
     lines += [
         "", "## Use", "", "```bash",
         f"python -m se.bin.enhance --model-dir {name} --input noisy.wav --output-dir enhanced",
+        *([f"python -m se.bin.enhance --backend onnxruntime --model-dir {name}/onnx --input noisy.wav "
+           "--output-dir enhanced"] if "onnx" in manifest["exports"] else []),
         "```",
         "",
         "## Files",
