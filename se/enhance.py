@@ -70,15 +70,22 @@ def enhance_normalised(model, x: np.ndarray, segment: int, overlap: int, device=
 
     if length <= segment:
         return run(x)
+    starts = segment_starts(length, segment, overlap)
+    return crossfade(length, segment, overlap, [run(x[s : s + segment]) for s in starts])
+
+
+def crossfade(length: int, segment: int, overlap: int, outputs: list[np.ndarray]) -> np.ndarray:
+    """Joins the outputs of the windows ``segment_starts(length, segment, overlap)`` (in that
+    order) into one (length,) signal, cross-faded linearly where they overlap."""
     out = np.zeros(length)
     total = np.zeros(length)
     starts = segment_starts(length, segment, overlap)
-    for i, start in enumerate(starts):
+    for i, (start, y) in enumerate(zip(starts, outputs, strict=True)):
         end = start + segment
         fade_in = 0 if i == 0 else min(overlap, starts[i - 1] + segment - start)
         fade_out = 0 if i == len(starts) - 1 else min(overlap, end - starts[i + 1])
         w = crossfade_weights(segment, fade_in, fade_out)
-        out[start:end] += run(x[start:end]) * w
+        out[start:end] += y * w
         total[start:end] += w
     return out / total
 

@@ -8,9 +8,11 @@
 #         ./run.sh --simulate true                   # train on degradations simulated on the fly
 #         ./run.sh --stage 3 --conf conf/train_FRCRN_SE_16K_causal.yaml --compare FRCRN_SE_16K
 #                                                    # causal FRCRN (streamed), beside the offline one
+#         ./run.sh --stage 6 --licence apache-2.0    # package the model (models/<tag>) for a model hub
 # Stages: 0 mini corpus, 1 data dirs (or source dirs, RIRs and fixed simulated sets), 2 validate
-# them, 3 train, 4 enhance the test set, 5 score it into exp/<tag>/RESULTS.md. Finished stages leave
-# .done markers holding their inputs and are skipped when run again with the same inputs.
+# them, 3 train, 4 enhance the test set, 5 score it into exp/<tag>/RESULTS.md, 6 package the model
+# and enhance a test file from the package with both backends. Finished stages leave .done markers
+# holding their inputs and are skipped when run again with the same inputs.
 set -euo pipefail
 
 # shellcheck disable=SC1091
@@ -18,7 +20,7 @@ set -euo pipefail
 . "$SE_ROOT/steps/lib/common.sh"
 
 stage=0                # first stage to run
-stop_stage=5           # last stage to run
+stop_stage=6           # last stage to run
 network=FRCRN_SE_16K   # FRCRN_SE_16K, MossFormerGAN_SE_16K or MossFormer2_SE_48K (with --conf: its network)
 fs=                    # corpus sample rate; empty = the network's rate (16000 or 48000)
 ngpu=0                 # GPUs per node for training (0 = CPU)
@@ -34,6 +36,8 @@ num_rirs=20            # --simulate true: number of pyroomacoustics RIRs (local/
 train_cmd=              # job runner of the training jobs; empty: cmd.sh's (cmd_backend=local|slurm)
 decode_cmd=             # job runner of the enhancement jobs; empty: cmd.sh's
 score_cmd=              # job runner of the scoring jobs; empty: cmd.sh's
+package_dir=           # stage 6: model package folder; default models/<tag>
+licence=               # stage 6: licence of the weights for the model card, e.g. apache-2.0
 
 printf -v run_cmdline '%q ' "$0" "$@"
 help_message="Usage: $0 [options]
@@ -66,6 +70,7 @@ fi
 corpus=downloads/mini_${fs}
 data=data/${fs}
 exp=exp/${tag}
+[ -n "$package_dir" ] || package_dir=models/${tag}
 
 # the inputs of each stage (see stage_done in steps/lib/common.sh)
 corpus_sig="fs=$fs"
@@ -189,6 +194,24 @@ if in_stages 5; then
   python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" --cmd "${run_cmdline% }" \
     "${compare_opts[@]}"
   cat "$exp/RESULTS.md"
+fi
+
+if in_stages 6; then
+  log "Stage 6: package $exp as $package_dir; enhance one test file from the package with both backends"
+  require "$exp/last_best_checkpoint" "run stage 3 first"
+  if [ -f "$package_dir/package.json" ]; then  # a package made by an earlier run: made again
+    rm -r "$package_dir"
+  fi
+  licence_opt=()
+  [ -n "$licence" ] && licence_opt=(--licence "$licence")
+  python -m se.bin.package --exp-dir "$exp" --out-dir "$package_dir" "${licence_opt[@]}"
+  read -r utt wav < "$data/$test_set/wav.scp"
+  check=$exp/package_check
+  rm -rf "$check"
+  python -m se.bin.enhance --model-dir "$package_dir" --input "$wav" --output-dir "$check/torch" --output-subtype FLOAT
+  python -m se.bin.enhance --backend onnxruntime --model-dir "$package_dir" --input "$wav" \
+    --output-dir "$check/onnxruntime" --output-subtype FLOAT
+  python -m se.bin.compare_audio "$check/torch/$utt.wav" "$check/onnxruntime/$utt.wav"
 fi
 
 success

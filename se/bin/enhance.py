@@ -4,7 +4,8 @@
         --input data/test/wav.scp --output-dir exp/frcrn/enhanced/test
 
 --checkpoint: one of our checkpoint files, an experiment dir (its last_best_checkpoint), or a
-ClearVoice release file ({'model': state_dict}). --input: one audio file, a directory of
+ClearVoice release file ({'model': state_dict}); or --model-dir: a package folder made by
+se.bin.package (its model.pt). --input: one audio file, a directory of
 .wav/.flac files, or a Kaldi scp (``utt path`` per line; outputs are named ``<utt>.wav``).
 Every output has its input's name and length and is written at the input's sample rate
 (inputs at another rate than the network's are resampled on the way in and out, and a log
@@ -12,6 +13,11 @@ line says so). All inputs are checked before anything is written; outputs are wr
 into a hidden folder inside the output dir and moved into place when every file succeeded, so a
 failure (an unreadable input, NaN/Inf samples, a network output that is not finite) leaves the
 output dir exactly as it was. A digitally silent input gives a silent output (and a warning).
+
+--batch-size N enhances N pieces (files, or segments of long files) per forward pass, files
+taken in length order (se/batching.py). Non-causal networks batch only pieces of equal length
+unless --length-quantum Q pads every piece to a multiple of Q seconds, at every batch size, so
+outputs never depend on the batch size. Progress: a log line with files/s and ETA every 10 s.
 """
 
 from __future__ import annotations
@@ -25,16 +31,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+import torch
 
 from se import cli
 from se.atomic import publish
 from se.allocator import retain_freed_memory
 from se.audio import AudioError, audio_info, read_audio, write_audio
+from se.batching import Progress, enhance_batched
 from se.checkpoint import load_network
 from se.data import DataDirError, read_scp
 from se.enhance import enhance_clearvoice, enhance_signal
 from se.models import get_entry, network_names
+from se.package import package_checkpoint
 from se.resample import resample
 
 log = logging.getLogger("se.enhance")
@@ -44,7 +52,9 @@ AUDIO_EXTS = (".wav", ".flac")
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m se.bin.enhance", description=__doc__.split("\n\n")[0])
     p.add_argument("--network", choices=network_names(), help="network (required for ClearVoice files)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or experiment dir")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="checkpoint file or experiment dir")
+    model.add_argument("--model-dir", help="a model package folder (python -m se.bin.package): its model.pt")
     p.add_argument("--input", required=True, help="audio file, directory or scp")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--clearvoice-compat", action="store_true",
@@ -59,6 +69,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", type=cli.positive_int, default=1, help="... and process part JOB (1-based)")
     p.add_argument("--fbank-dither", type=cli.nonneg_float, default=0.0,
                    help="MossFormer2_SE_48K only: fbank dither at inference (the release used 1.0)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=1,
+                   help="pieces (files, or segments of long files) per forward pass; files are taken in length "
+                        "order (default path only)")
+    p.add_argument("--length-quantum", type=cli.nonneg_float, default=0.0,
+                   help="seconds: zero-pad every piece to a multiple of this at every batch size, so files of "
+                        "similar length share a batch and the output does not depend on --batch-size (0: "
+                        "non-causal networks batch only equal lengths; causal ones need no padding)")
     return p
 
 
@@ -85,8 +102,10 @@ def list_inputs(spec: str) -> list[tuple[str, str, str]]:
     return [(f"{utt}.wav", p, f"{path} line {i}") for i, (utt, p) in enumerate(scp.items(), 1)]
 
 
-def check_inputs(items: list[tuple[str, str, str]]) -> None:
-    """Fails before any output is written: missing, empty, unreadable or multi-channel files."""
+def check_inputs(items: list[tuple[str, str, str]]) -> list[float]:
+    """Fails before any output is written: missing, empty, unreadable or multi-channel files.
+    Returns the durations (seconds)."""
+    durations = []
     for _, p, where in items:
         ctx = f"{p} ({where})" if where != p else p
         try:
@@ -98,6 +117,38 @@ def check_inputs(items: list[tuple[str, str, str]]) -> None:
                              "(pick a channel first, e.g. sox in.wav out.wav remix 1)")
         if info.frames == 0:
             raise AudioError(f"{ctx}: no samples")
+        durations.append(info.frames / info.samplerate)
+    return durations
+
+
+def enhance_in_batches(model, items, durations, read, write, label, args, segment: int, overlap: int,
+                       quantum: int, device) -> int:
+    """--batch-size / --length-quantum: files in length order through se.batching; returns the
+    samples clipped in all."""
+    loaded: dict[str, tuple] = {}  # label -> (name, path, where, input, its rate), until written
+
+    def signals():
+        for i in sorted(range(len(items)), key=durations.__getitem__):
+            name, path, where = items[i]
+            x, file_rate, xin = read(name, path, where)
+            if xin is not None:
+                loaded[label(path, where)] = (name, path, where, x, file_rate)
+                yield label(path, where), xin
+
+    log.info("batches of up to %d pieces, %s", args.batch_size,
+             f"every piece zero-padded to a multiple of {args.length_quantum:g} s" if quantum else
+             "pieces of any length (causal network: padding changes nothing)" if getattr(model, "causal", False)
+             else "only pieces of equal length together (--length-quantum pads files so that more of them do)")
+    clipped = 0
+    try:
+        for key, y in enhance_batched(model, signals(), args.batch_size, segment, overlap, quantum, device):
+            clipped += write(*loaded.pop(key), y)
+    except ValueError as exc:  # e.g. too short for one frame; names the files of the batch
+        raise AudioError(str(exc)) from None
+    except torch.cuda.OutOfMemoryError:
+        raise cli.UserError(f"out of GPU memory with --batch-size {args.batch_size} (pieces up to "
+                            f"--segment-length {args.segment_length:g} s); use a smaller --batch-size") from None
+    return clipped
 
 
 def _main(argv: list[str]) -> int:
@@ -113,54 +164,79 @@ def _main(argv: list[str]) -> int:
     items = list_inputs(args.input)[args.job - 1 :: args.num_jobs]
     out_dir = cli.check_output_dir(args.output_dir, "--output-dir", [name for name, _, _ in items],
                                    [p for _, p, _ in items])
-    check_inputs(items)
+    durations = check_inputs(items)
     device = cli.check_device(args.device)
-    model, info = load_network(args.checkpoint, args.network, device)
+    checkpoint = package_checkpoint(args.model_dir) if args.model_dir else args.checkpoint
+    model, info = load_network(checkpoint, args.network, device)
     if hasattr(model, "inference_dither"):
         model.inference_dither = args.fbank_dither
     rate = get_entry(info["network"]).sampling_rate
     log.info("%s from %s (%s format), %s decode path, %d file(s)", info["network"], info["file"],
              info["format"], "ClearVoice" if args.clearvoice_compat else
              "streaming (causal)" if getattr(model, "causal", False) else "default", len(items))
+    batched = args.batch_size > 1 or args.length_quantum > 0
+    if batched and args.clearvoice_compat:
+        raise cli.UserError("--batch-size and --length-quantum apply to the default decode path; "
+                            "--clearvoice-compat decodes file by file")
+    segment, overlap = int(args.segment_length * rate), int(args.segment_overlap * rate)
     # Outputs go to a hidden folder beside them and are moved into place when all succeeded:
     # a failure (a bad file, a non-finite output) leaves the output dir exactly as it was.
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".enhance-"))
+    progress = Progress(len(items))
+    total_clipped, audio_s, t0 = 0, 0.0, time.time()
+
+    def label(path: str, where: str) -> str:
+        return path if where == path else f"{path} ({where})"
+
+    def read(name: str, path: str, where: str):
+        """(input, its rate, input at the network's rate or None when silent: written here)."""
+        nonlocal audio_s
+        x, file_rate = read_audio(path, where="" if where == path else where, dtype="float64")
+        audio_s += len(x) / file_rate
+        if not np.any(x):
+            log.warning("%s: digitally silent input; its output is silence", path)
+            write_audio(stage / name, np.zeros(len(x)), file_rate, args.output_subtype)
+            progress.update()
+            return x, file_rate, None
+        if file_rate != rate:
+            log.info("%s: %d Hz input resampled to %d Hz for %s; output written at %d Hz", path,
+                     file_rate, rate, info["network"], file_rate)
+        return x, file_rate, resample(x, file_rate, rate)
+
+    def write(name: str, path: str, where: str, x: np.ndarray, file_rate: int, y: np.ndarray) -> int:
+        if not np.isfinite(y).all():
+            raise AudioError(
+                f"{label(path, where)}: the network's output is not finite "
+                f"({int(np.count_nonzero(~np.isfinite(y)))} NaN/Inf samples); nothing was written. Is the "
+                "checkpoint diverged? Check it on a known-good file"
+            )
+        y = resample(y, rate, file_rate)
+        y = np.pad(y[: len(x)], (0, max(0, len(x) - len(y))))  # exactly the input's length
+        clipped = write_audio(stage / name, y, file_rate, args.output_subtype)
+        if clipped:
+            log.warning("%s: %d samples exceeded full scale and were clipped in %s output "
+                        "(use --output-subtype FLOAT to keep them)", out_dir / name, clipped, args.output_subtype)
+        progress.update()
+        return clipped
+
     try:
-        total_clipped, audio_s, t0 = 0, 0.0, time.time()
-        for name, path, where in tqdm(items, desc="enhance", unit="file", file=sys.stderr,
-                                      disable=len(items) < 2):
-            x, file_rate = read_audio(path, where="" if where == path else where, dtype="float64")
-            audio_s += len(x) / file_rate
-            if not np.any(x):
-                log.warning("%s: digitally silent input; its output is silence", path)
-                write_audio(stage / name, np.zeros(len(x)), file_rate, args.output_subtype)
-                continue
-            if file_rate != rate:
-                log.info("%s: %d Hz input resampled to %d Hz for %s; output written at %d Hz", path,
-                         file_rate, rate, info["network"], file_rate)
-            xin = resample(x, file_rate, rate)
-            try:
-                if args.clearvoice_compat:
-                    y = enhance_clearvoice(model, xin)
-                else:
-                    y = enhance_signal(model, xin, int(args.segment_length * rate),
-                                       int(args.segment_overlap * rate), device)
-            except ValueError as exc:  # e.g. too short for one frame
-                raise AudioError(f"{path}{'' if where == path else f' ({where})'}: {exc}") from None
-            if not np.isfinite(y).all():
-                raise AudioError(
-                    f"{path}{'' if where == path else f' ({where})'}: the network's output is not finite "
-                    f"({int(np.count_nonzero(~np.isfinite(y)))} NaN/Inf samples); nothing was written. Is the "
-                    "checkpoint diverged? Check it on a known-good file"
-                )
-            y = resample(y, rate, file_rate)
-            y = np.pad(y[: len(x)], (0, max(0, len(x) - len(y))))  # exactly the input's length
-            clipped = write_audio(stage / name, y, file_rate, args.output_subtype)
-            if clipped:
-                log.warning("%s: %d samples exceeded full scale and were clipped in %s output "
-                            "(use --output-subtype FLOAT to keep them)", out_dir / name, clipped, args.output_subtype)
-            total_clipped += clipped
+        if batched:
+            total_clipped = enhance_in_batches(model, items, durations, read, write, label, args, segment,
+                                               overlap, int(round(args.length_quantum * rate)), device)
+        else:
+            for name, path, where in items:
+                x, file_rate, xin = read(name, path, where)
+                if xin is None:
+                    continue
+                try:
+                    if args.clearvoice_compat:
+                        y = enhance_clearvoice(model, xin)
+                    else:
+                        y = enhance_signal(model, xin, segment, overlap, device)
+                except ValueError as exc:  # e.g. too short for one frame
+                    raise AudioError(f"{label(path, where)}: {exc}") from None
+                total_clipped += write(name, path, where, x, file_rate, y)
         for name, _, _ in items:
             publish(stage / name, out_dir / name)
     finally:
