@@ -55,6 +55,7 @@ _REGISTRY: dict[str, NetworkEntry] = {
         "MossFormerGAN",
         16000,
         train_step="se.models.mossformer_gan:GANTrainStep",
+        kernels="se.models.kernels.mossformer_gan:accelerate",
     ),
 }
 

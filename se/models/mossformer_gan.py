@@ -1,12 +1,22 @@
+# Over 600 lines: the generator, its losses and GANTrainStep stay together (the TrainStep contract).
 """MossFormerGAN_SE_16K: SyncANet generator + metric discriminator (ClearVoice release).
 
-Generator (``MossFormerGAN``): a CMGAN-style magnitude-mask + complex-residual network on
-power-compressed spectra (R. Cao et al., "CMGAN: Conformer-based metric GAN for speech
-enhancement", Interspeech 2022) whose two-stage conformers are replaced by SyncANet blocks of
-MossFormer gated attention units (S. Zhao, B. Ma, "MossFormer", ICASSP 2023) along frequency
-and time plus a TF-GridNet full-band attention; ClearerVoice-Studio's "MossFormerGAN".
-Discriminator (``MetricDiscriminator``, se/models/metric_discriminator.py): predicts the
-normalised PESQ (MetricGAN / CMGAN).  Training: :class:`GANTrainStep`.
+Papers:
+* MossFormerGAN: ClearerVoice-Studio's MossFormerGAN_SE_16K (speech enhancement at 16 kHz):
+  the CMGAN generator and training recipe with the conformers replaced by SyncANet blocks.
+* CMGAN: R. Cao, S. Abdulatif, B. Yang, "CMGAN: Conformer-based metric GAN for speech
+  enhancement", Interspeech 2022 -- the time-frequency structure (power-compressed spectra,
+  dense encoder, magnitude-mask decoder + complex-residual decoder, their sum in the
+  compressed domain), the metric discriminator and the loss weights (0.1 RI + 0.9 mag +
+  0.2 time + 0.05 adversarial).
+* MossFormer: S. Zhao, B. Ma, "MossFormer: Pushing the performance limit of monaural speech
+  separation using gated single-head transformer with convolution-augmented joint
+  self-attentions", ICASSP 2023 -- the gated attention units of the SyncANet blocks (along
+  frequency and along time), followed by a TF-GridNet full-band attention.
+Blocks: se/models/mossformer_gan_blocks.py.  Discriminator (``MetricDiscriminator``,
+se/models/metric_discriminator.py): predicts the normalised PESQ (MetricGAN / CMGAN).
+Training: :class:`GANTrainStep`.  This file is the plain reference; the speed kernels that
+the registry applies are in se/models/kernels/mossformer_gan.py.
 
 Parity references: tests/data/clearvoice (tests/data/README.md).
 
@@ -35,7 +45,6 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from se.allocator import release_free_memory
 from se.audio import audio_norm
 from se.checkpoint import torch_load
 from se.models.metric_discriminator import MetricDiscriminator, _check_keys
@@ -76,23 +85,11 @@ def power_uncompress(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
     return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
 
 
-def _run_block(block: nn.Module, h: torch.Tensor, trim: bool) -> torch.Tensor:
-    """One checkpointed SyncANet block (also its recomputation in backward).
-
-    ``trim``: CPU training hands the block's freed temporaries back to the OS afterwards.
-    glibc otherwise kept them resident as fragmented heap: the peak RSS of a 2 s training
-    step was ~8 GB while the tensors alive at any time stayed < 1.5 GB.
-    """
-    out = block(h)
-    if trim:
-        release_free_memory()
-    return out
-
-
 class MossFormerGAN(nn.Module):
     """SyncANet generator of MossFormerGAN_SE_16K (state-dict keys of the release, no prefix).
 
-    Args (MossFormerGAN / CMGAN generator; released values in brackets):
+    Args (CMGAN generator, Cao et al. 2022, sec. 2, with MossFormerGAN's SyncANet blocks;
+    released values in brackets):
         num_channel: C, channels of the dense encoder, SyncANet blocks and decoders [64].
         num_blocks: SyncANet blocks (MossFormer intra/inter paths + full-band attention) [6].
         win_len, win_inc, fft_len, win_type: STFT (symmetric window) [400, 100, 400, hamming].
@@ -106,8 +103,9 @@ class MossFormerGAN(nn.Module):
         checkpoint_blocks: memory saving with autograd (training), same values either way.
             True: each SyncANet block is recomputed in backward (torch.utils.checkpoint)
             instead of keeping its activations; only the block being recomputed holds its
-            attention maps.  False: activations are kept, but the relu^2 attention maps are
-            recomputed per block of queries (never all n x n maps at once) [True].
+            attention maps.  False: activations are kept (the speed kernels then recompute
+            the relu^2 attention maps per block of queries, never all n x n maps at once)
+            [True].
     """
 
     sampling_rate = 16000
@@ -131,8 +129,7 @@ class MossFormerGAN(nn.Module):
         self.blocks = nn.ModuleList([
             SyncANetBlock(emb_dim=c, n_freqs=n_freqs, hidden=hidden or 2 * c, n_head=n_head,
                           approx_qk_dim=approx_qk_dim, qk_dim=qk_dim or 2 * c,
-                          mf_hidden=mf_hidden or 2 * c, rotary_dim=rotary_dim, dropout=dropout,
-                          checkpoint_attention=not checkpoint_blocks)
+                          mf_hidden=mf_hidden or 2 * c, rotary_dim=rotary_dim, dropout=dropout)
             for _ in range(num_blocks)
         ])
         self.mask_decoder = MaskDecoder(self.num_features, num_channel=c, out_channel=1)
@@ -196,22 +193,21 @@ class MossFormerGAN(nn.Module):
             raise ValueError(
                 f"MossFormerGAN.forward expects (B, 2, T, {self.num_features}), got {tuple(x.shape)}"
             )
-        mag = torch.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2).unsqueeze(1)  # (B, 1, T, F)
+        mag = torch.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2).unsqueeze(1)  # (B, 1, T, F) compressed |X|
         phase = torch.atan2(x[:, 1], x[:, 0]).unsqueeze(1)  # (B, 1, T, F)
-        h = torch.cat((mag, x), dim=1)  # (B, 3, T, F)
+        h = torch.cat((mag, x), dim=1)  # (B, 3, T, F): [|X|, real, imag]
         h = self.dense_encoder(h)  # (B, C, T, Q)
-        use_ckpt = self.checkpoint_blocks and torch.is_grad_enabled() and self.training
-        trim = use_ckpt and h.device.type == "cpu"
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled() and self.training
         for block in self.blocks:
-            if use_ckpt:
-                h = checkpoint(_run_block, block, h, trim, use_reentrant=False)
+            if recompute:  # activations recomputed in backward instead of kept
+                h = checkpoint(block, h, use_reentrant=False)  # (B, C, T, Q)
             else:
                 h = block(h)  # (B, C, T, Q)
         mask = self.mask_decoder(h)  # (B, 1, T, F)
-        out_mag = mask * mag
-        res = self.complex_decoder(h)  # (B, 2, T, F)
-        real = out_mag * torch.cos(phase) + res[:, 0:1]
-        imag = out_mag * torch.sin(phase) + res[:, 1:2]
+        out_mag = mask * mag  # (B, 1, T, F) masked magnitude, noisy phase
+        res = self.complex_decoder(h)  # (B, 2, T, F) complex residual
+        real = out_mag * torch.cos(phase) + res[:, 0:1]  # (B, 1, T, F)
+        imag = out_mag * torch.sin(phase) + res[:, 1:2]  # (B, 1, T, F)
         return [real, imag]
 
     # -- signal helpers --------------------------------------------------------------------------
