@@ -247,8 +247,8 @@ class MossFormerGAN(nn.Module):
                 x = noisy.to(self.window.device, self.window.dtype)
                 length = x.shape[-1]
                 c = self.norm_factor(x)  # (B, 1)
-                real, imag = self(self.spectrum(x * c))
-                return self.synthesise(real, imag, length) / c
+                start = self.fft_len // 2  # the centred synthesis inside the uncentred one
+                return self.waveform(x * c)[:, start:start + length] / c
         finally:
             self.train(was_training)
 
@@ -281,9 +281,16 @@ class MossFormerGAN(nn.Module):
         if pad:
             x = torch.cat((x, x[:, :pad]), dim=-1)  # wrap-around frame padding
         c = torch.sqrt(x.shape[-1] / torch.sum(x**2.0, dim=-1, keepdim=True))  # no epsilon
-        real, imag = self(self.spectrum(x * c))
-        y = self.istft(power_uncompress(real, imag), center=False)  # (B, (T-1)*hop + win)
-        return (y / c)[:, :length]
+        return (self.waveform(x * c) / c)[:, :length]
+
+    def waveform(self, x: torch.Tensor) -> torch.Tensor:
+        """The waveform step both decode paths share: centred STFT, network, UNcentred iSTFT.
+
+        (B, L) scaled input -> (B, (T - 1) * hop + fft_len); the aligned (centred) output is
+        ``[:, fft_len // 2:][:, :L]``. An exported model (se.export) replaces exactly this step.
+        """
+        real, imag = self(self.spectrum(x))
+        return self.istft(power_uncompress(real, imag), center=False)
 
     def clearvoice_decode(self, raw: np.ndarray) -> np.ndarray:
         """Reference decode of raw float64 samples (L,) -> float64 (L,).
