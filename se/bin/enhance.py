@@ -4,7 +4,9 @@
         --input data/test/wav.scp --output-dir exp/frcrn/enhanced/test
 
 --checkpoint: one of our checkpoint files, an experiment dir (its last_best_checkpoint), or a
-ClearVoice release file ({'model': state_dict}). --input: one audio file, a directory of
+ClearVoice release file ({'model': state_dict}). --model-dir: an export dir of se.bin.export,
+run with --backend onnxruntime (ONNX) or torch (its TorchScript file, or the checkpoint it
+names); every backend shares the same decode code (se.enhance). --input: one audio file, a directory of
 .wav/.flac files, or a Kaldi scp (``utt path`` per line; outputs are named ``<utt>.wav``).
 Every output has its input's name and length and is written at the input's sample rate
 (inputs at another rate than the network's are resampled on the way in and out, and a log
@@ -31,10 +33,10 @@ from tqdm import tqdm
 from se import cli
 from se.allocator import retain_freed_memory
 from se.audio import AudioError, audio_info, read_audio, write_audio
-from se.checkpoint import load_network
 from se.data import DataDirError, read_scp
 from se.enhance import enhance_clearvoice, enhance_signal
 from se.models import get_entry, network_names
+from se.onnx_backend import BACKENDS, load_for_enhance
 from se.resample import resample
 
 log = logging.getLogger("se.enhance")
@@ -44,7 +46,11 @@ AUDIO_EXTS = (".wav", ".flac")
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m se.bin.enhance", description=__doc__.split("\n\n")[0])
     p.add_argument("--network", choices=network_names(), help="network (required for ClearVoice files)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or experiment dir")
+    p.add_argument("--checkpoint", help="checkpoint file or experiment dir (or --model-dir)")
+    p.add_argument("--model-dir", help="an export dir (se.bin.export) instead of --checkpoint")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch, or onnxruntime (needs --model-dir of an ONNX export)")
+    p.add_argument("--threads", type=cli.positive_int, help="CPU threads of the backend (default: its own)")
     p.add_argument("--input", required=True, help="audio file, directory or scp")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--clearvoice-compat", action="store_true",
@@ -105,6 +111,8 @@ def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
     retain_freed_memory()  # large per-file tensors: reuse freed memory (se/allocator.py)
     # every option and input is checked before the model is loaded or anything is written
+    if (args.checkpoint is None) == (args.model_dir is None):
+        raise cli.UserError("give exactly one of --checkpoint and --model-dir")
     if not args.job <= args.num_jobs:
         raise cli.UserError(f"--job must be in 1..--num-jobs, got {args.job} of {args.num_jobs}")
     if args.segment_overlap >= args.segment_length:
@@ -114,13 +122,13 @@ def _main(argv: list[str]) -> int:
     out_dir = cli.check_output_dir(args.output_dir, "--output-dir", [name for name, _, _ in items],
                                    [p for _, p, _ in items])
     check_inputs(items)
-    device = cli.check_device(args.device)
-    model, info = load_network(args.checkpoint, args.network, device)
+    device = cli.check_device("cpu" if args.backend == "onnxruntime" else args.device)
+    model, info = load_for_enhance(args.checkpoint, args.model_dir, args.backend, args.network, device, args.threads)
     if hasattr(model, "inference_dither"):
         model.inference_dither = args.fbank_dither
     rate = get_entry(info["network"]).sampling_rate
-    log.info("%s from %s (%s format), %s decode path, %d file(s)", info["network"], info["file"],
-             info["format"], "ClearVoice" if args.clearvoice_compat else
+    log.info("%s from %s (%s format, %s backend), %s decode path, %d file(s)", info["network"], info["file"],
+             info["format"], args.backend, "ClearVoice" if args.clearvoice_compat else
              "streaming (causal)" if getattr(model, "causal", False) else "default", len(items))
     # Outputs go to a hidden folder beside them and are moved into place when all succeeded:
     # a failure (a bad file, a non-finite output) leaves the output dir exactly as it was.
