@@ -438,8 +438,8 @@ class MossFormer(nn.Module):
 
         cq, ck, cvu = to_cross(quad_q), to_cross(quad_k), to_cross(vu)
         attn_c = relu_square(torch.bmm(cq, ck.transpose(1, 2)) / a)  # (B*n, A, A)
-        self_term = torch.eye(a, dtype=torch.bool, device=attn_c.device)
-        attn_c = attn_c.masked_fill(self_term, 0.0)  # no attention of a row to itself
+        off_diagonal = 1.0 - torch.eye(a, dtype=attn_c.dtype, device=attn_c.device)  # (A, A)
+        attn_c = attn_c * off_diagonal  # no attention of a row to itself (a float mask: exports to ONNX)
         attn_c = F.dropout(attn_c, self.attn_dropout, self.training)
         cross = torch.bmm(attn_c, cvu)  # (B*n, A, 2H)
         cross = cross.view(b, n, a, -1).transpose(1, 2).reshape(b * a, n, -1)  # (N, n, 2H)
