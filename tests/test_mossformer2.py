@@ -17,8 +17,8 @@ import torch
 from se import torchaudio_ops
 from se.audio import audio_norm
 from se.models import build_network, get_entry
+from se.models.kernels import accelerate
 from se.models.mossformer2 import MossFormer2SE
-from se.models.mossformer2_blocks import depthwise_conv_seq, gated_attention, gated_attention_reference
 from tests.release_checkpoints import load_manifest, release_state_dict, write_release_checkpoint
 
 NAME = "MossFormer2_SE_48K"
@@ -60,12 +60,13 @@ def release_model(release_sd, tmp_path_factory):
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     model = MossFormer2SE()
     model.load_state_dict(MossFormer2SE.convert_clearvoice_state_dict(sd), strict=True)
-    return model.eval()
+    return accelerate(NAME, model).eval()  # kernels unless SE_KERNELS=reference
 
 
 def tiny(seed: int = 0, **kw) -> MossFormer2SE:
+    """A tiny model with the kernels (the plain reference forward under SE_KERNELS=reference)."""
     torch.manual_seed(seed)
-    return MossFormer2SE(**{**TINY, **kw})
+    return accelerate(NAME, MossFormer2SE(**{**TINY, **kw}))
 
 
 # ------------------------------------------------------------------------------------------
@@ -166,76 +167,11 @@ def test_clearvoice_decode_parity(release_model, parity):
 
 
 # ------------------------------------------------------------------------------------------
-# the fast paths against plain implementations
+# training precision (the kernels themselves: tests/test_kernels_mossformer2.py)
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kernel", [17, 39])
-def test_depthwise_conv_grads(kernel):
-    """Channels-last conv (forward, input grad via flipped kernel, oneDNN weight grad incl. the
-    K >= 33 workaround) against float64 Conv1d."""
-    g = torch.Generator().manual_seed(kernel)
-    x = torch.randn(2, 150, 48, generator=g, requires_grad=True)
-    w = torch.randn(48, 1, kernel, generator=g, requires_grad=True)
-    y = depthwise_conv_seq(x, w, kernel // 2)
-    gy = torch.randn(y.shape, generator=g)
-    y.backward(gy)
-    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    y64 = torch.nn.functional.conv1d(x64.transpose(1, 2), w64, padding=kernel // 2, groups=48).transpose(1, 2)
-    y64.backward(gy.double())
-    for ours, ref in ((y.detach(), y64.detach()), (x.grad, x64.grad), (w.grad, w64.grad)):
-        assert max_diff(ours, ref) <= 1e-5 * float(ref.abs().max())
-
-
-@pytest.mark.parametrize("seq_len", [40, 32, 10])
-def test_gated_attention_matches_padded_reference(seq_len):
-    """Unpadded per-group attention with hand-written backward == padded autograd version."""
-    g = torch.Generator().manual_seed(seq_len)
-    heads = torch.randn(2, seq_len, 4, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    hidden = torch.randn(2, seq_len, 12, generator=g, dtype=torch.float64, requires_grad=True)
-    out = gated_attention(heads, hidden, 16, 0.0)
-    ref = gated_attention_reference(heads, hidden, 16)
-    assert max_diff(out.detach(), ref.detach()) < 1e-12
-    assert torch.autograd.gradcheck(lambda h, v: gated_attention(h, v, 16, 0.0), (heads, hidden), fast_mode=True)
-    # float32 (oneDNN products) against the float64 reference
-    h32, v32 = heads.detach().float().requires_grad_(), hidden.detach().float().requires_grad_()
-    gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
-    gated_attention(h32, v32, 16, 0.0).backward(gout.float())
-    ref_grads = torch.autograd.grad(ref, (heads, hidden), gout)
-    for ours, r in zip((h32.grad, v32.grad), ref_grads):
-        assert max_diff(ours, r) <= 1e-4 * float(r.abs().max())
-
-
-@pytest.mark.parametrize("norm", ["scalenorm", "layernorm"])
-def test_ffconvm_fused_training_path(norm):
-    """The fused float32 FFConvM (dropout included) == the plain composition with the same RNG draws."""
-    from se.models.mossformer2_blocks import FFConvM, dropout
-
-    torch.manual_seed(0)
-    layer = FFConvM(24, 40, norm).train()
-    x = torch.randn(2, 70, 24, requires_grad=True)
-    torch.manual_seed(1)
-    out = layer(x)
-    gout = torch.randn(out.shape)
-    grads = torch.autograd.grad(out, [x, *layer.parameters()], gout)
-
-    def plain(inp):
-        nrm, lin, _, conv_module, drop = layer.mdl
-        h = torch.nn.functional.silu(torch.nn.functional.linear(nrm(inp), lin.weight, lin.bias))
-        conv = conv_module.sequential[1].conv
-        c = torch.nn.functional.conv1d(h.transpose(1, 2), conv.weight, padding=8, groups=40).transpose(1, 2)
-        return dropout(h + c, drop.p, True)
-
-    torch.manual_seed(1)
-    ref = plain(x)
-    ref_grads = torch.autograd.grad(ref, [x, *layer.parameters()], gout)
-    assert max_diff(out.detach(), ref.detach()) <= 1e-5
-    assert float((out == 0).float().mean()) == pytest.approx(0.1, abs=0.02)  # dropout rate
-    for a, b in zip(grads, ref_grads):
-        assert max_diff(a, b) <= 1e-5 * max(1.0, float(b.abs().max()))
-
-
 def test_float32_training_gradients_match_float64():
-    """The float32 training path (oneDNN GEMMs, custom backward passes) against float64 plain ops,
-    with several attention groups (group_size 32 on 121 frames)."""
+    """The float32 training path (oneDNN GEMMs, custom backward passes with the kernels) against
+    float64, with several attention groups (group_size 32 on 121 frames)."""
     model = tiny(3, dropout=0.0, group_size=32).train()
     model.fbank_dither = 0.0
     model64 = copy.deepcopy(model).double()

@@ -2,13 +2,20 @@
 
 Paper: S. Zhao, Y. Ma, C. Ni, C. Zhang, H. Wang, T. H. Nguyen, K. Zhou, J. Yip, D. Ng, B. Ma,
 "MossFormer2: Combining Transformer and RNN-Free Recurrent Network for Enhanced Time-Domain
-Monaural Speech Separation", ICASSP 2024. ClearVoice's SE variant runs the MossFormer2 mask
+Monaural Speech Separation", ICASSP 2024; built on MossFormer: S. Zhao, B. Ma, "MossFormer:
+Pushing the Performance Limit of Monaural Speech Separation using Gated Single-Head Transformer
+with Convolution-Augmented Joint Self-Attentions", ICASSP 2023. ClearVoice's SE variant runs the MossFormer2 mask
 network on Kaldi fbank features (60 mel + deltas + delta-deltas = 180) and predicts a real
 mask on a 1920-point STFT (961 bins, 40 ms window, 8 ms hop at 48 kHz).
 
 Parity references: tests/data/clearvoice (tests/data/README.md). State-dict keys and shapes are
 those of the release (``mossformer.…``, one shared rotary ``freqs`` listed under each of the
 24 layers), so release checkpoints load as they are.
+
+This file and se/models/mossformer2_blocks.py are the plain reference forward. The speed
+kernels (blocked relu^2 attention with a hand-written backward, fused FFConvM, channels-last
+depthwise convolutions, oneDNN matrix products) are in se/models/kernels/mossformer2.py and are
+applied by ``se.models.build_network`` (``SE_KERNELS=reference`` keeps this forward).
 
 Shape legend: B batch, L samples, S frames, F frequency bins (961), C channels (512),
 M mel bins (60; the network input has 3M = 180 features).
@@ -33,12 +40,7 @@ from se.audio import audio_norm
 from se.features import MAX_WAV_VALUE, FbankFeatures, WorkerFeatures, covering_length
 from se.models import network_conf
 from se.precision import float32
-from se.models.mossformer2_blocks import (
-    MossformerBlockGFSMN,
-    ScaledSinuEmbedding,
-    group_norm_1,
-    linear,
-)
+from se.models.mossformer2_blocks import MossformerBlockGFSMN, ScaledSinuEmbedding
 
 EPS = 1e-6  # ClearVoice's loss epsilon
 
@@ -51,33 +53,36 @@ class MossFormerM(nn.Module):
         self.mossformerM = MossformerBlockGFSMN(d_model, num_blocks, **block_kwargs)
         self.norm = nn.LayerNorm(d_model, eps=1e-6)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, C)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, C) -> (B, S, C)
         return self.norm(self.mossformerM(x))
 
 
 class ComputationBlock(nn.Module):
-    """MossFormerM -> GroupNorm(1, C, eps 1e-8) -> + input (skip around intra)."""
+    """MossFormerM -> GroupNorm(1, C, eps 1e-8) -> + input (skip around the block stack)."""
 
     def __init__(self, num_blocks: int, d_model: int, **block_kwargs):
         super().__init__()
         self.intra_mdl = MossFormerM(num_blocks, d_model, **block_kwargs)
         self.intra_norm = nn.GroupNorm(1, d_model, eps=1e-8)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, C)
-        h = self.intra_mdl(x)
-        return group_norm_1(h, self.intra_norm.weight, self.intra_norm.bias, self.intra_norm.eps) + x
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, S) -> (B, C, S)
+        h = self.intra_mdl(x.transpose(1, 2)).transpose(1, 2)  # (B, C, S)
+        return self.intra_norm(h) + x
 
 
 class MossFormerMaskNet(nn.Module):
     """Features (B, S, in_channels) -> mask (B, S, out_channels_final) (release: MossFormer_MaskNet).
 
-    ``num_spks`` = 2 as released: ``conv1d_out`` has 2 x C output channels but only the first
-    "speaker" reaches the mask, so only its C channels are computed (same result).
+    GroupNorm -> 1x1 conv encoder (-> C) + scaled sinusoidal positions -> ComputationBlock ->
+    PReLU -> 1x1 conv to ``num_spks`` x C -> per "speaker": tanh(1x1 conv) * sigmoid(1x1 conv)
+    -> 1x1 conv decoder (-> F) -> ReLU. The release has ``num_spks`` = 2 but enhances with the
+    first "speaker" only: the mask is that one.
     """
 
     def __init__(self, in_channels: int = 180, out_channels: int = 512, out_channels_final: int = 961,
                  num_blocks: int = 24, num_spks: int = 2, **block_kwargs):
         super().__init__()
+        self.num_spks = num_spks
         self.norm = nn.GroupNorm(1, in_channels, eps=1e-8)
         self.conv1d_encoder = nn.Conv1d(in_channels, out_channels, 1, bias=False)
         self.pos_enc = ScaledSinuEmbedding(out_channels)
@@ -88,17 +93,16 @@ class MossFormerMaskNet(nn.Module):
         self.output = nn.Sequential(nn.Conv1d(out_channels, out_channels, 1), nn.Tanh())
         self.output_gate = nn.Sequential(nn.Conv1d(out_channels, out_channels, 1), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, 180) -> (B, S, 961)
-        width = self.conv1d_encoder.weight.shape[0]
-        x = group_norm_1(x, self.norm.weight, self.norm.bias, self.norm.eps)  # (B, S, 180)
-        x = linear(x, self.conv1d_encoder.weight[..., 0])  # (B, S, C)
-        x = x + self.pos_enc(x.shape[1])  # (B, S, C)
-        x = F.prelu(self.mdl(x), self.prelu.weight)  # (B, S, C)
-        x = linear(x, self.conv1d_out.weight[:width, :, 0], self.conv1d_out.bias[:width])  # speaker 0
-        out, gate = self.output[0], self.output_gate[0]
-        x = torch.tanh(linear(x, out.weight[..., 0], out.bias)) * torch.sigmoid(
-            linear(x, gate.weight[..., 0], gate.bias))  # (B, S, C)
-        return F.relu(linear(x, self.conv1_decoder.weight[..., 0]))  # (B, S, F)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, 3M) -> (B, S, F)
+        B, S, _ = x.shape
+        x = self.norm(x.transpose(1, 2))  # (B, 3M, S)
+        x = self.conv1d_encoder(x)  # (B, C, S)
+        x = x + self.pos_enc(S).transpose(0, 1)  # (B, C, S)
+        x = self.prelu(self.mdl(x))  # (B, C, S)
+        x = self.conv1d_out(x).reshape(B * self.num_spks, -1, S)  # (B * spks, C, S)
+        x = self.output(x) * self.output_gate(x)  # (B * spks, C, S)
+        x = F.relu(self.conv1_decoder(x)).reshape(B, self.num_spks, -1, S)  # (B, spks, F, S)
+        return x[:, 0].transpose(1, 2)  # first "speaker": (B, S, F)
 
 
 class MossFormer2SE(nn.Module):

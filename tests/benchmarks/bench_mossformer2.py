@@ -41,6 +41,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from se.models import build_network  # noqa: E402
 from se.models.mossformer2 import MossFormer2SE  # noqa: E402
 
 RATE = 48000
@@ -163,8 +164,10 @@ def reference_rotary():
 # cases
 # ------------------------------------------------------------------------------------------
 def build_model(seed: int = 777) -> MossFormer2SE:
+    """The released-size network as training / enhancement build it (with its speed kernels,
+    unless SE_KERNELS=reference)."""
     torch.manual_seed(seed)
-    return MossFormer2SE()
+    return build_network("MossFormer2_SE_48K")
 
 
 def case_train(args) -> dict:
