@@ -11,8 +11,10 @@ beyond ``M_TRIM_THRESHOLD`` (256 MiB), and then down to ``M_TOP_PAD`` (256 MiB, 
 which made the next call fault it all in again).  Values are unchanged.  The price is
 resident memory: freed blocks are kept, and glibc cannot always fit a new aligned block into
 an old hole, so the peak RSS of that enhancement went from 2.2 to about 3.5 GB.
-``release_free_memory()`` hands free heap pages back on request (CPU GAN training calls it
-between blocks).
+``release_free_memory()`` hands free heap pages back on request; ``release_after_step()`` is
+the call the training loop makes after each optimiser update (CPU training with retained
+memory only): glibc otherwise kept several GB of freed, fragmented heap resident between steps.
+Networks never call these themselves (memory management is not part of a forward).
 
 ``retain_freed_memory()`` is called by se.bin.enhance and se.bin.train at start-up.  Set
 ``SE_RETAIN_FREED_MEMORY=0`` to leave malloc alone.  Elsewhere than glibc it does nothing.
@@ -67,8 +69,8 @@ def retaining() -> bool:
 def release_free_memory() -> bool:
     """Hand free heap pages back to the OS now (glibc ``malloc_trim(0)``); False elsewhere.
 
-    Used between the recomputed blocks of CPU training, where glibc kept several GB of freed
-    but fragmented heap resident (the tensors alive at any time were < 1.5 GB).
+    The freed pages are faulted in (zero-filled) again when the heap grows back, so this
+    is for the points between units of work, not inside them.
     """
     trim = _glibc_function("malloc_trim")
     if trim is None:
@@ -88,3 +90,12 @@ def _glibc_function(name: str):
         return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
+
+
+def release_after_step(device) -> bool:
+    """After an optimiser update: hand the freed heap back when training ran on the CPU with
+    retained memory (the tensors alive between steps are a fraction of a step's peak, e.g.
+    < 1.5 GB of a MossFormerGAN_SE_16K step's 6 GB); True when memory was released."""
+    if getattr(device, "type", str(device).split(":")[0]) != "cpu" or not retaining():
+        return False
+    return release_free_memory()

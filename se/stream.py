@@ -233,7 +233,7 @@ class _UNetState:
         return h * torch.mv(combine, g)  # gate (2C,): [fc_r(a_r) - fc_i(a_i), fc_r(a_i) + fc_i(a_r)]
 
     def _freq_fsmn(self, name: str, h: torch.Tensor) -> torch.Tensor:  # (1, F, 1, 2C), memory along F
-        """One frame of a frequency FSMN pair (``_complex_fsmn`` along F, T = 1).
+        """One frame of a frequency FSMN pair (kernels ``complex_fsmn`` along F, T = 1).
 
         Both FSMNs run on both planes: P (fsmn, F, plane x C) from two products, then the
         memory, a per-channel FIR along F (``_fir``).  fsmn_im's taps on the imaginary plane

@@ -1,6 +1,10 @@
 """FRCRN_SE_16K: release-checkpoint parity, the reference decode path, aligned enhancement,
 training loss and error branches.
 
+Parity and training-path tests run twice: on the plain reference forward (se/models/frcrn.py,
+what ``SE_KERNELS=reference`` selects) and with the speed kernels of
+se/models/kernels/frcrn.py (what build_network selects by default).
+
 Parity references: tests/data/clearvoice (tests/data/README.md).  The released-size
 model is loaded from a release-format checkpoint built from the manifest and filled with
 tests/release_fill.py, so the key mapping is exercised on every run.
@@ -16,8 +20,11 @@ from benchmarks.bench_frcrn import literal_forward
 from release_checkpoints import load_manifest, release_state_dict, write_release_checkpoint
 
 from se.audio import audio_norm
+from se.bin import enhance
 from se.models import build_network
+from se.models import kernels as kernel_select
 from se.models.frcrn import FRCRN, _si_snr
+from se.models.kernels import frcrn as frcrn_kernels
 
 NAME = "FRCRN_SE_16K"
 CONSTANT_KEYS = ("stft.weight", "istft.weight", "istft.window", "istft.enframe")
@@ -70,6 +77,15 @@ def released(release_sd, tmp_path_factory):
 def _tiny(seed=0, **kw):
     torch.manual_seed(seed)
     return FRCRN(**{**TINY, **kw})
+
+
+IMPLS = ["kernels", "reference"]
+
+
+def _as(impl, model):
+    """A copy of a reference-forward ``model`` with the speed kernels or without."""
+    model = copy.deepcopy(model)
+    return frcrn_kernels.accelerate(model) if impl == "kernels" else model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,8 +146,9 @@ def test_convert_rejects_bad_state_dicts(release_sd):
 # ---------------------------------------------------------------------------------------------
 # numerical parity with the reference
 # ---------------------------------------------------------------------------------------------
-def test_forward_parity_float64(released, parity):
-    model = copy.deepcopy(released).double()
+@pytest.mark.parametrize("impl", IMPLS)
+def test_forward_parity_float64(released, parity, impl):
+    model = _as(impl, released).double()
     with torch.no_grad():
         spec, wav, mask = model(torch.from_numpy(parity["forward_input"]).double())
     _close(spec, parity["forward_est_spec_f64"], 1e-9)
@@ -139,7 +156,9 @@ def test_forward_parity_float64(released, parity):
     _close(mask, parity["forward_est_mask_f64"], 1e-9)
 
 
-def test_clearvoice_decode_parity_float32(released, parity):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_clearvoice_decode_parity_float32(released, parity, impl):
+    released = _as(impl, released)
     raw = parity["decode_raw_input"]
     x, scalar = audio_norm(raw)
     np.testing.assert_array_equal(x.astype(np.float32), parity["decode_normalized_input"])
@@ -150,6 +169,29 @@ def test_clearvoice_decode_parity_float32(released, parity):
     out = released.clearvoice_decode(raw)
     assert out.dtype == np.float64
     _close(out, parity["decode_output"], 2e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_enhance_cli_clearvoice_compat_parity(release_sd, parity, impl, tmp_path, monkeypatch):
+    """se.bin.enhance --clearvoice-compat (2e-4), with kernels and with SE_KERNELS=reference."""
+    import soundfile as sf
+
+    if impl == "reference":
+        monkeypatch.setenv(kernel_select.ENV, "reference")
+    calls = []
+    real = frcrn_kernels.accelerate
+    monkeypatch.setattr(frcrn_kernels, "accelerate", lambda model: calls.append(1) or real(model))
+    ckpt = write_release_checkpoint(tmp_path / "release.pt", release_sd, module_prefix=True)
+    wav = tmp_path / "in" / "parity_input.wav"
+    wav.parent.mkdir()
+    sf.write(wav, parity["decode_raw_input"], 16000, subtype="FLOAT")
+    assert enhance.main(["--network", NAME, "--checkpoint", str(ckpt), "--input", str(wav),
+                         "--output-dir", str(tmp_path / "out"), "--clearvoice-compat",
+                         "--output-subtype", "FLOAT"]) == 0
+    assert len(calls) == (impl == "kernels")
+    y, fs = sf.read(tmp_path / "out" / "parity_input.wav")
+    assert fs == 16000
+    _close(y, parity["decode_output"], 2e-4)
 
 
 def test_segmented_decode_follows_the_reference_windows():
@@ -173,8 +215,9 @@ def test_segmented_decode_follows_the_reference_windows():
 # ---------------------------------------------------------------------------------------------
 # training path: same arithmetic as a literal transcription of the reference layout
 # ---------------------------------------------------------------------------------------------
-def test_training_forward_and_gradients_match_literal_reference():
-    ours = _tiny(seed=1).double().train()
+@pytest.mark.parametrize("impl", IMPLS)
+def test_training_forward_and_gradients_match_literal_reference(impl):
+    ours = _as(impl, _tiny(seed=1).double().train())
     lit = copy.deepcopy(ours)
     lit.forward = lambda x: literal_forward(lit, x)
     rng = np.random.default_rng(0)
@@ -253,8 +296,9 @@ def test_loss_parts_and_backward():
     assert model.unet.encoder1.conv.conv_re.weight.grad is not None
 
 
-def test_bf16_autocast_step_keeps_spectra_and_fsmn_in_float32():
-    model = _tiny().train()
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_autocast_step_keeps_spectra_and_fsmn_in_float32(impl):
+    model = _as(impl, _tiny()).train()
     noisy = torch.randn(2, 4000) * 0.1
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.stft(noisy).dtype == torch.float32
@@ -329,34 +373,13 @@ def test_tiny_shapes(channels, batch, length):
 
 def test_long_sequences_use_several_memory_blocks():
     # 64 frames -> the bottleneck time FSMN sees 71 steps: 2 memory blocks of 36 (one padded)
-    model = _tiny(seed=2).double().eval()
+    model = _as("kernels", _tiny(seed=2).double().eval())
     x = torch.randn(1, 63 * 320 + 640, dtype=torch.float64) * 0.1
     with torch.no_grad():
         ours = model(x)
         ref = literal_forward(model, x)
     for a, b in zip(ours, ref):
         _close(a, b, 1e-9)
-
-
-@pytest.mark.parametrize("batch,seq,width,block,chunk", [
-    (2, 30, 3, 10, 16384),  # one chunk, 3 blocks
-    (1, 23, 2, 8, 40),  # 3 chunks of one block, last block padded
-    (2, 9, 2, 9, 16384),  # one block shorter than the memory
-])
-def test_fsmn_function_gradients(monkeypatch, batch, seq, width, block, chunk):
-    from se.models import frcrn
-
-    monkeypatch.setattr(frcrn, "_FSMN_CHUNK", chunk)
-    g = torch.Generator().manual_seed(seq)
-    channels, hidden, lorder = 2, 3, 6 if seq > 9 else 20
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
-
-    inputs = (rand(batch, seq, width, 2 * channels), rand(2 * hidden, channels + 1),
-              rand(2, channels, hidden), rand(2 * channels, lorder))
-    fn = lambda *a: frcrn._ComplexFsmnFunction.apply(*a, block)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
 
 
 def test_bad_input_rank_raises_with_shape():

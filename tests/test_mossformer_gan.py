@@ -1,5 +1,7 @@
 """MossFormerGAN_SE_16K: release-checkpoint parity (generator and discriminator), the reference
-decode path, aligned enhancement, the GAN training step (fixes of the reference's defects),
+decode path (all with the registry's speed kernels, or the plain reference forward with
+SE_KERNELS=reference; the kernels themselves: tests/test_kernels_mossformer_gan.py), aligned
+enhancement, the GAN training step (fixes of the reference's defects),
 parallel PESQ, release discriminator lookup and error branches.
 
 References: tests/data/clearvoice (tests/data/README.md; the two manifests
@@ -24,7 +26,6 @@ from se.models.mossformer_gan import (
     load_release_discriminator,
     time_domain_estimate,
 )
-from se.models.mossformer_gan_blocks import fast_dropout, relu_square_attention
 from se.pesq_pool import PesqPool, batch_pesq
 
 NAME = "MossFormerGAN_SE_16K"
@@ -116,7 +117,8 @@ def test_release_fill_fingerprints(clearvoice_data, release_fill, name, cls):
 
 # ---------------------------------------------------------------------------------- parity
 def test_generator_forward_float64_parity(release_generator, ref):
-    model = MossFormerGAN().double().eval()
+    # the registry's network: with its speed kernels, or the plain forward (SE_KERNELS=reference)
+    model = build_network(NAME, {}).double().eval()
     model.load_state_dict(release_generator.state_dict())
     with torch.no_grad():
         real, imag = model(torch.from_numpy(ref["forward_input"]).double())
@@ -147,71 +149,6 @@ def test_spectrum_matches_reference_input(release_generator, ref):
     c = MossFormerGAN.norm_factor(x)
     _close(c[:, 0].numpy(), ref["forward_c"], 1e-6)
     _close(release_generator.spectrum(x * c).numpy(), ref["forward_input"], 1e-5)
-
-
-# ---------------------------------------------------------------------------------- attention
-@pytest.mark.parametrize("zero_diag", [False, True])
-@pytest.mark.parametrize("block_elements", [64, 37 * 10, 37 * 37 * 2, None])
-def test_blocked_relu_square_attention_equals_full(zero_diag, block_elements):
-    g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(3, 37, 8, generator=g, dtype=torch.float64) for _ in range(2))
-    v = torch.randn(3, 37, 5, generator=g, dtype=torch.float64)
-
-    def full(q, k, v):
-        s = q @ k.transpose(1, 2) / 37
-        if zero_diag:
-            s = s * (1 - torch.eye(37, dtype=s.dtype))
-        return torch.relu(s) ** 2 @ v
-
-    want = full(q, k, v)
-    with torch.no_grad():
-        # inference blocks: 1 query, 10 queries (partial last block), 2 whole rows, the default
-        got = relu_square_attention(q, k, v, 1 / 37, zero_diag, block_elements=block_elements)
-        _close(got.numpy(), want.numpy(), 1e-12)
-    # autograd path: query blocks under checkpointing give the same values and gradients
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out = relu_square_attention(*leaves, 1 / 37, zero_diag, block_elements=3 * 37 * 16)
-    grads = torch.autograd.grad(out.square().sum(), leaves)
-    leaves2 = [t.clone().requires_grad_() for t in (q, k, v)]
-    grads2 = torch.autograd.grad(full(*leaves2).square().sum(), leaves2)
-    _close(out.detach().numpy(), want.numpy(), 1e-12)
-    for a, b in zip(grads, grads2):
-        _close(a.numpy(), b.numpy(), 1e-12)
-
-
-@pytest.mark.parametrize("zero_diag", [False, True])
-@pytest.mark.parametrize("block_elements", [200 * 70, None])
-def test_float32_long_sequence_attention_matches_float64(zero_diag, block_elements):
-    # float32 on the CPU with >= ONEDNN_MIN_KEYS keys takes the row-wise oneDNN products
-    # (queries in blocks of 70: a partial last block and diagonal offsets), else MKL's bmm
-    from se.models.mossformer_gan_blocks import ONEDNN_MIN_KEYS
-
-    n = ONEDNN_MIN_KEYS + 40
-    g = torch.Generator().manual_seed(1)
-    q, k = (torch.randn(3, n, 16, generator=g, dtype=torch.float64) for _ in range(2))
-    v = torch.randn(3, n, 24, generator=g, dtype=torch.float64)
-    s = q @ k.transpose(1, 2) / n
-    if zero_diag:
-        s = s * (1 - torch.eye(n, dtype=s.dtype))
-    want = (torch.relu(s) ** 2 @ v).numpy()
-    with torch.no_grad():
-        got = relu_square_attention(q.float(), k.float(), v.float(), 1 / n, zero_diag,
-                                    block_elements=block_elements)
-    assert got.dtype == torch.float32
-    _close(got.double().numpy(), want, 2e-6)
-
-
-def test_fast_dropout_has_the_dropout_distribution():
-    x = torch.ones(400_000)
-    torch.manual_seed(0)
-    y = fast_dropout(x, 0.1, True)
-    kept = (y != 0).double().mean().item()
-    assert abs(kept - 0.9) < 3e-3
-    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
-    assert fast_dropout(x, 0.1, False) is x
-    g = torch.ones(1000, requires_grad=True)
-    fast_dropout(g, 0.5, True).sum().backward()
-    assert set(g.grad.unique().tolist()) <= {0.0, 2.0}
 
 
 # ---------------------------------------------------------------------------------- alignment

@@ -153,7 +153,9 @@ def test_se_time_constant_needs_causal_and_changes_the_output():
 def _layer_outputs(model, x):
     outs, hooks = {}, []
     for name, mod in model.named_modules():
-        if name and ".fc_" not in name:  # not the SE layers' MLPs (their 4-D maps are (B, T, 2, C))
+        # the reference forward's maps are (B, C, F, T); not the SE layers' MLPs (their 4-D maps
+        # are (B, T, 2, C)) nor the FSMNs' memory convs (frames in the batch axis)
+        if name and ".fc_" not in name and ".fsmn_re_" not in name and ".fsmn_im_" not in name:
             hooks.append(mod.register_forward_hook(
                 lambda m, i, o, name=name: outs.setdefault(name, o) if torch.is_tensor(o) and o.dim() == 4 else None))
     with torch.no_grad():
@@ -164,7 +166,7 @@ def _layer_outputs(model, x):
 
 
 def _first_changed_frame(a, b):
-    diff = (a - b).abs().amax(dim=(0, 1, 3))  # per frame (B, F, T, C)
+    diff = (a - b).abs().amax(dim=(0, 1, 2))  # per frame (B, C, F, T)
     changed = torch.nonzero(diff > 1e-12)
     return int(changed[0]) if len(changed) else None
 

@@ -45,7 +45,9 @@ class NetworkEntry:
 
 
 _REGISTRY: dict[str, NetworkEntry] = {
-    "FRCRN_SE_16K": NetworkEntry("FRCRN_SE_16K", "se.models.frcrn", "FRCRN", 16000, kernels="se.models.kernels.frcrn:accelerate"),
+    "FRCRN_SE_16K": NetworkEntry(
+        "FRCRN_SE_16K", "se.models.frcrn", "FRCRN", 16000, kernels="se.models.kernels.frcrn:accelerate"
+    ),
     "MossFormer2_SE_48K": NetworkEntry(
         "MossFormer2_SE_48K", "se.models.mossformer2", "MossFormer2SE", 48000,
         kernels="se.models.kernels.mossformer2:accelerate",

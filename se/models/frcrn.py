@@ -2,8 +2,9 @@
 
 Zhao, Ma, Nguyen, Ni, Ma, Hou, Yi, Meng (2022), "FRCRN: Boosting feature representation
 using frequency recurrence for monaural speech enhancement", ICASSP 2022.  Repository docs:
-FRCRN_SE_16K.md (architecture, sizes), TIMINGS.md (speed).  State-dict keys and shapes are
-those of the released checkpoints (tests/data/clearvoice/FRCRN_SE_16K.state_dict.json).
+README.md (training, enhancement, "Real-time enhancement: causal FRCRN"), tests/data/README.md
+(parity references).  State-dict keys and shapes are those of the released checkpoints
+(tests/data/clearvoice/FRCRN_SE_16K.state_dict.json).
 
 The network (paper Fig. 1): a fixed conv-STFT, two complex U-Nets in series (the second one
 is fed the raw output of the first), a complex mask ``tanh(U1) + tanh(U2)`` applied to the
@@ -17,7 +18,9 @@ f_re(x_r) - f_im(x_i) + i (f_re(x_i) + f_im(x_r)) (``_complex_apply``).
 This file is the plain reference forward.  The speed kernels (fused complex convolutions,
 folded batch norms, FSMN matrix products with a hand-written backward) live in
 se/models/kernels/frcrn.py and are applied by ``se.models.build_network`` unless
-``SE_KERNELS=reference``.
+``SE_KERNELS=reference``.  Length (~790 lines, over the ~600 aim): the network is ~480 lines,
+the rest is the se.models registry contract (config, release-checkpoint conversion, loss,
+aligned and ClearVoice-compatible decoding) that callers reach through the FRCRN class.
 
 Shape legend: B batch, L samples, T STFT frames, F frequency bins (fft_len // 2 + 1 = 321),
 C complex channels, S the FSMN sequence axis, N the FSMN batch axis, K the FSMN memory
@@ -427,6 +430,8 @@ class ComplexUNet(nn.Module):
         self.linear = ComplexConv2d(1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 2, F, T)
+        if x.dim() != 4 or x.shape[1] != 2:
+            raise ValueError(f"ComplexUNet expects a (batch, 2, freq, frames) map, got shape {tuple(x.shape)}")
         # frame counts below are the released (non-causal) ones; causal layers all keep T
         skips = []
         h = x

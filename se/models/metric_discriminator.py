@@ -122,12 +122,12 @@ class ConformerBlock(nn.Module):
         self.ff2 = _Scale(0.5, _PreNorm(dim, _FeedForward(dim, ff_mult, ff_dropout)))
         self.post_norm = nn.LayerNorm(dim)
 
-    def forward(self, x):
-        x = self.ff1(x) + x
-        x = self.attn(x) + x
-        x = self.conv(x) + x
+    def forward(self, x):  # (B, W, D)
+        x = self.ff1(x) + x  # half-step feed-forward (Macaron)
+        x = self.attn(x) + x  # relative-position self-attention over segments
+        x = self.conv(x) + x  # convolution module along the segments
         x = self.ff2(x) + x
-        return self.post_norm(x)
+        return self.post_norm(x)  # (B, W, D)
 
 
 class AdaptCNN(nn.Module):
@@ -144,7 +144,7 @@ class AdaptCNN(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.out_features = channels[-1] * _POOLS[-1][0]
 
-    def forward(self, x):
+    def forward(self, x):  # (N, 2, F, 15)
         for i in range(1, 7):
             if i >= 3:
                 x = self.dropout(x)
@@ -236,11 +236,11 @@ class MetricDiscriminator(nn.Module):
         b, _, _, t = x.shape
         if t < self.segment_frames:
             raise ValueError(f"need at least {self.segment_frames} frames, got T={t}")
-        z = torch.cat((self.segments(x), self.segments(y)), dim=1)  # (B*W, 2, F, 15)
+        z = torch.cat((self.segments(x), self.segments(y)), dim=1)  # (B*W, 2, F, 15): [ref, estimate]
         z = self.cnn(z)  # (B*W, D)
         z = z.view(b, -1, z.shape[-1])  # (B, W, D)
         for blk in self.att:
-            z = blk(z)
+            z = blk(z)  # (B, W, D)
         return self.sigmoid(self.pool(z))  # (B, 1)
 
     @staticmethod

@@ -354,7 +354,7 @@ class OffsetScale(nn.Module):
         nn.init.normal_(self.gamma, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(-2) * self.gamma + self.beta  # (N, n, heads, d)
+        return torch.addcmul(self.beta, x.unsqueeze(-2), self.gamma)  # beta + x gamma: (N, n, heads, d)
 
 
 def relu_square(scores: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ the spec's reference layout ((..., 2) real/imag planes, four real convolutions p
 convolution, per-plane FSMNs; it reproduces the parity references bit for bit in float32,
 and tests/test_frcrn.py checks our gradients against it), so that the speed-up can be
 measured on a busy machine where absolute numbers drift (enhance has no literal
-counterpart).  Run time does not depend on the weight values (random init).
+counterpart).  Run time does not depend on the weight values (random init).  "ours" is the
+network with its speed kernels (se/models/kernels/frcrn.py); SE_KERNELS=reference times the
+plain reference forward of se/models/frcrn.py instead.
 
 --tune-malloc runs the cases with glibc's malloc keeping freed memory (MALLOC_MMAP_MAX_=0,
 MALLOC_TRIM_THRESHOLD_=64 GiB): large tensors then stop costing fresh page faults on every
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from se.models.frcrn import FRCRN
+from se.models.kernels import accelerate
 from se.train_step import adam_param_groups
 
 
@@ -154,6 +157,8 @@ def run_case(case: str, runs: int, baseline: bool) -> dict:
     model = FRCRN()
     if baseline:  # same module, reference-layout arithmetic
         model.forward = lambda x: literal_forward(model, x)
+    else:  # the speed kernels, as build_network applies them (SE_KERNELS=reference: none)
+        model = accelerate("FRCRN_SE_16K", model)
     if case == "train":
         model.train()
         opt = torch.optim.Adam(adam_param_groups(model, 1e-5), lr=1e-3)

@@ -11,11 +11,12 @@ Cases (each runs in its own subprocess so that its peak RSS is its own):
   enhance  enhance() (our aligned default path) of a 10 s 16 kHz file; RTF = time / 10 s.
   decode   clearvoice_decode() (the reference decode path) of the same file
            (TIMINGS.md reference: RTF 10.5, 5.6 GB).
-With --baseline each case also runs with `literal_attention`: a direct transcription of the
-spec's MossFormer attention (full n x n and A x A maps kept for backward, separate v / u
-products, masked cross attention, conv1d on transposed copies, no block checkpointing), so
-the speed-up and memory saving can be measured on the same (possibly busy) machine.  Outputs
-of both are identical up to float rounding.  Run time does not depend on the weight values.
+The generator is built as the registry builds it: with its speed kernels
+(se/models/kernels/mossformer_gan.py), or the plain forward with SE_KERNELS=reference.
+With --baseline each case also runs the plain reference forward (se/models/mossformer_gan_blocks.py:
+full n x n and A x A maps kept for backward, no block checkpointing), so the speed-up and
+memory saving can be measured on the same (possibly busy) machine.  Outputs of both are
+identical up to float rounding.  Run time does not depend on the weight values.
 
 Each JSON line has the median wall time, every run's wall and process CPU time, the peak RSS
 of the case process (PESQ workers excluded), the thread count, the malloc mode and the 1-minute
@@ -38,48 +39,22 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from se import allocator
 from se.allocator import retain_freed_memory
-from se.models import mossformer_gan_blocks as blocks
+from se.allocator import release_after_step
+from se.models.kernels import accelerate
 from se.models.mossformer_gan import GANTrainStep, MossFormerGAN
 
-
-# ---------------------------------------------------------------------------------------------
-# literal transcription of the reference's MossFormer attention (baseline only)
-# ---------------------------------------------------------------------------------------------
-def literal_attention(self, quad_q, lin_q, quad_k, lin_k, vu, b, a):
-    n = quad_q.shape[1]
-    h = self.hidden_dim
-    v, u = vu[..., :h], vu[..., h:]
-    drop = lambda t: F.dropout(t, self.attn_dropout, self.training)  # noqa: E731
-    sim = torch.einsum("bid,bjd->bij", quad_q, quad_k) / n
-    attn = drop(F.relu(sim) ** 2)
-    quad_v = torch.einsum("bij,bjd->bid", attn, v)
-    quad_u = torch.einsum("bij,bjd->bid", attn, u)
-    lin_v = torch.einsum("bnd,bde->bne", lin_q, torch.einsum("bnd,bne->bde", lin_k, v) / n)
-    lin_u = torch.einsum("bnd,bde->bne", lin_q, torch.einsum("bnd,bne->bde", lin_k, u) / n)
-
-    def cross(t):  # (B*A, n, e) -> (B, n, A, e)
-        return t.view(b, a, n, -1).transpose(1, 2)
-
-    sim_c = torch.einsum("bnid,bnjd->bnij", cross(quad_q), cross(quad_k)) / a
-    attn_c = drop(F.relu(sim_c) ** 2) * (1 - torch.eye(a, dtype=sim_c.dtype))
-    cv = torch.einsum("bnij,bnjd->bnid", attn_c, cross(v)).transpose(1, 2).reshape(b * a, n, h)
-    cu = torch.einsum("bnij,bnjd->bnid", attn_c, cross(u)).transpose(1, 2).reshape(b * a, n, h)
-    return torch.cat((quad_v + lin_v + cv, quad_u + lin_u + cu), dim=-1)
+NAME = "MossFormerGAN_SE_16K"
 
 
-def literal_depthwise_conv1d(x, w, padding, plus_input=False):
-    y = F.conv1d(x.transpose(1, 2), w, padding=padding, groups=w.shape[0]).transpose(1, 2)
-    return x + y if plus_input else y
-
-
-def use_literal(model: MossFormerGAN) -> None:
-    blocks.MossFormer._attention = literal_attention
-    blocks.depthwise_conv1d = literal_depthwise_conv1d
-    model.checkpoint_blocks = False
+def build_generator(kwargs: dict, literal: bool) -> MossFormerGAN:
+    """The generator as the registry builds it (speed kernels unless SE_KERNELS=reference);
+    ``literal``: the plain reference forward with every activation kept (no checkpointing)."""
+    if literal:
+        return MossFormerGAN(**{**kwargs, "checkpoint_blocks": False})
+    return accelerate(NAME, MossFormerGAN(**kwargs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,9 +98,7 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
     if case == "train":
         conf = {"init_learning_rate": 5e-4, "disc_learning_rate": 1e-3, "weight_decay": 1e-5,
                 "clip_grad_norm": 10.0, "pesq_workers": pesq_workers}
-        model = MossFormerGAN(**(kwargs or {})).to(device)
-        if baseline:
-            use_literal(model)
+        model = build_generator(kwargs or {}, baseline).to(device)
         step = GANTrainStep(model, conf, device)
         step.build_optimizers()
         for m in step.modules.values():
@@ -148,6 +121,7 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
         def fn():
             step.micro_step(noisy, clean, 1.0)
             step.update()
+            release_after_step(device)  # as the training loop does after each update
 
         walls, cpus = _time(fn, runs, device)
         # PESQ compute time of one step's batch, serially in this process
@@ -169,9 +143,7 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
                  "pesq_workers": pesq_workers}
         seconds = None
     else:
-        model = MossFormerGAN(**(kwargs or {})).to(device).eval()
-        if baseline:
-            use_literal(model)
+        model = build_generator(kwargs or {}, baseline).to(device).eval()
         n = int(16000 * audio_seconds)
         raw = _pseudo_audio(audio_seconds, 99) + 0.03 * np.random.default_rng(99).standard_normal(n)
         if case == "decode":
@@ -208,7 +180,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="timed runs per case after one warm-up")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--pesq-workers", type=int, default=2, help="PESQ worker processes (train case)")
-    ap.add_argument("--baseline", action="store_true", help="also time the literal reference attention")
+    ap.add_argument("--baseline", action="store_true", help="also time the plain reference forward")
     ap.add_argument("--device", default="cpu", help="torch device (cuda: GPU timing, CUDA peak memory)")
     ap.add_argument("--train-seconds", type=float, default=2.0, help="training crop (released: 2 s)")
     ap.add_argument("--audio-seconds", type=float, default=10.0, help="enhanced file length")

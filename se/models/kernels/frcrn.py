@@ -64,16 +64,22 @@ from se.precision import float32
 # ---------------------------------------------------------------------------------------------
 # private torch APIs, probed once
 # ---------------------------------------------------------------------------------------------
+def _threshold_backward_op():
+    return torch.ops.aten.threshold_backward.grad_input
+
+
 def _probe_threshold_backward() -> bool:
+    """The op exists and gives grad * (out > 0) in place."""
     try:
         g, h = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, -1.0])
-        torch.ops.aten.threshold_backward.grad_input(g, h, 0, grad_input=g)
+        _threshold_backward_op()(g, h, 0, grad_input=g)
         return g.tolist() == [0.0, 2.0, 0.0]
     except (AttributeError, RuntimeError, TypeError):
         return False
 
 
 def _probe_version() -> bool:
+    """Tensors have a version counter that in-place ops increment."""
     try:
         t = torch.zeros(1)
         before = t._version
@@ -90,7 +96,7 @@ _VERSION = _probe_version()
 def _relu_backward_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """grad <- grad * (out > 0) in place (``out`` = the ReLU's output)."""
     if _THRESHOLD_BACKWARD:
-        return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
+        return _threshold_backward_op()(grad, out, 0, grad_input=grad)
     return grad.masked_fill_(out <= 0, 0.0)
 
 
