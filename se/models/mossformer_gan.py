@@ -194,7 +194,12 @@ class MossFormerGAN(nn.Module):
                 f"MossFormerGAN.forward expects (B, 2, T, {self.num_features}), got {tuple(x.shape)}"
             )
         mag = torch.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2).unsqueeze(1)  # (B, 1, T, F) compressed |X|
-        phase = torch.atan2(x[:, 1], x[:, 0]).unsqueeze(1)  # (B, 1, T, F)
+        # noisy phase as (cos, sin) = (real, imag) / |X|, i.e. cos/sin of atan2(imag, real), with
+        # atan2(0, 0) = 0 -> (1, 0); no atan2 (ONNX has none; its export was off near zero)
+        nonzero = mag > 0
+        safe = torch.where(nonzero, mag, torch.ones_like(mag))  # (B, 1, T, F)
+        cos_phase = torch.where(nonzero, x[:, 0:1] / safe, torch.ones_like(mag))  # (B, 1, T, F)
+        sin_phase = x[:, 1:2] / safe  # (B, 1, T, F)
         h = torch.cat((mag, x), dim=1)  # (B, 3, T, F): [|X|, real, imag]
         h = self.dense_encoder(h)  # (B, C, T, Q)
         recompute = self.checkpoint_blocks and torch.is_grad_enabled() and self.training
@@ -206,8 +211,8 @@ class MossFormerGAN(nn.Module):
         mask = self.mask_decoder(h)  # (B, 1, T, F)
         out_mag = mask * mag  # (B, 1, T, F) masked magnitude, noisy phase
         res = self.complex_decoder(h)  # (B, 2, T, F) complex residual
-        real = out_mag * torch.cos(phase) + res[:, 0:1]  # (B, 1, T, F)
-        imag = out_mag * torch.sin(phase) + res[:, 1:2]  # (B, 1, T, F)
+        real = out_mag * cos_phase + res[:, 0:1]  # (B, 1, T, F)
+        imag = out_mag * sin_phase + res[:, 1:2]  # (B, 1, T, F)
         return [real, imag]
 
     # -- signal helpers --------------------------------------------------------------------------
