@@ -312,7 +312,14 @@ def _export_torchscript(step: nn.Module, x: torch.Tensor, path: Path) -> None:
 def _quantize(path: Path, out: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+    # matrix products only: the fixed STFT / iSTFT / fbank convolutions stay float32
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # onnxruntime.quantization logs every tensor at INFO
+    try:
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
 
 
 def decode_settings(model) -> dict:

@@ -24,6 +24,8 @@ from tests.test_enhance_cli import release_checkpoint
 TINY = {
     "FRCRN_SE_16K": {"channels": 8, "fsmn_hidden": 8, "lorder": 20},
     "MossFormerGAN_SE_16K": {"num_channel": 8, "num_blocks": 1, "dropout": 0.0},
+    # groups of 32 frames: the 2.3 s test signal spans several attention groups
+    "MossFormer2_SE_48K": {"num_blocks": 2, "width": 64, "query_key_dim": 32, "fsmn_inner": 32, "group_size": 32},
 }
 
 
@@ -108,8 +110,8 @@ def test_exported_backends_match_torch(tiny_exports, network, fmt):
     runtime, info = load_exported(dirs[fmt], "onnxruntime" if fmt == "onnx" else "torch", threads=2)
     assert info["network"] == network
     meta = json.loads((dirs[fmt] / "export.json").read_text())
-    assert meta["format"] == fmt and meta["sampling_rate"] == rate and meta["network_kwargs"]["num_channel" if
-                                                                                              "GAN" in network else "channels"] == 8
+    assert meta["format"] == fmt and meta["sampling_rate"] == rate
+    assert meta["network_kwargs"] == network_kwargs(network, {"network_kwargs": TINY[network]})
     assert all(v <= 1e-4 for v in meta["check_max_rel_diff"].values())
     x = speech_like(2.3, rate, seed=1)
     for run in (lambda m: enhance_signal(m, x, rate, rate // 4),  # segmented, cross-faded
@@ -138,7 +140,7 @@ def test_torch_backend_on_an_onnx_export_loads_its_checkpoint(tiny_exports, tmp_
 # ---------------------------------------------------------------------------------------------
 # the released architecture from a release-format checkpoint: CLI chain vs the parity reference
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("network", ["FRCRN_SE_16K", "MossFormerGAN_SE_16K"])
+@pytest.mark.parametrize("network", list(TINY))
 def test_release_export_cli_chain_reproduces_parity_reference(network, clearvoice_data, release_fill, tmp_path):
     ckpt = release_checkpoint(network, clearvoice_data, release_fill, tmp_path / "release.pt", prefix=True)
     model_dir = tmp_path / "export"
@@ -148,7 +150,7 @@ def test_release_export_cli_chain_reproduces_parity_reference(network, clearvoic
     assert meta["checkpoint_format"] == "clearvoice" and len(meta["checkpoint_sha256"]) == 64
     ref = np.load(clearvoice_data / f"{network}.parity.npz")
     wav = tmp_path / "in.wav"
-    sf.write(wav, ref["decode_raw_input"], 16000, subtype="FLOAT")
+    sf.write(wav, ref["decode_raw_input"], meta["sampling_rate"], subtype="FLOAT")
     out = tmp_path / "out"
     assert enhance.main(["--backend", "onnxruntime", "--model-dir", str(model_dir), "--clearvoice-compat",
                          "--output-subtype", "FLOAT", "--input", str(wav), "--output-dir", str(out)]) == 0
@@ -184,3 +186,19 @@ def test_bad_inputs_are_one_line_errors(tiny_exports, tmp_path, capsys):
     code = enhance.main(["--backend", "onnxruntime", "--model-dir", str(dirs["torchscript"]), "--input", str(wav),
                          "--output-dir", str(tmp_path / "o")])
     _one_line_error(capsys, code, "needs an ONNX export")
+
+
+def test_int8_quantized_export_runs(tiny_exports, tmp_path):
+    ckpt, _ = tiny_exports["FRCRN_SE_16K"]
+    path = export_model(ckpt, None, "onnx", tmp_path / "int8", quantize="int8")
+    meta = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert path.name == meta["file"] == "model.int8.onnx" and meta["quantize"] == "int8"
+    assert not (tmp_path / "int8" / "model.onnx").exists()
+    import onnx
+
+    types = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "MatMulInteger" in types or "DynamicQuantizeLinear" in types, types
+    runtime, _ = load_exported(tmp_path / "int8")
+    x = speech_like(1.0, 16000)
+    y = enhance_signal(runtime, x, 16000 * 10, 16000)
+    assert y.shape == x.shape and np.isfinite(y).all() and np.abs(y).max() > 0
