@@ -335,6 +335,7 @@ def export_model(checkpoint, network: str | None, fmt: str, out_dir, quantize: s
     ``network`` is needed for release files and checked against our checkpoints.
     """
     from se.checkpoint import load_network
+    from se.enhance import OVERLAP_SECONDS, SEGMENT_SECONDS
     from se.models import get_entry
     from se.onnx_backend import run_file
 
@@ -385,10 +386,11 @@ def export_model(checkpoint, network: str | None, fmt: str, out_dir, quantize: s
         "format": fmt,
         "file": target.name,
         "quantize": quantize,
-        "step": STEPS[name].__doc__.split("\n")[0],
+        "step": " ".join(STEPS[name].__doc__.split("\n\n")[0].split()),
         "normalisation": "se.enhance: one gain to -25 dB RMS (se.audio.norm_gain) in and out; "
                          "--clearvoice-compat: the network's clearvoice_decode",
-        "decode": decode_settings(model),
+        "segmenting": {"segment_length_s": SEGMENT_SECONDS, "segment_overlap_s": OVERLAP_SECONDS,
+                       "clearvoice": decode_settings(model)},
         "checkpoint": str(file.resolve()),
         "checkpoint_format": info["format"],
         "checkpoint_sha256": sha256(file),

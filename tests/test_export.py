@@ -15,7 +15,7 @@ import torch
 from se.bin import enhance
 from se.bin import export as export_cli
 from se.enhance import enhance_clearvoice, enhance_signal
-from se.export import DftAnalysis, DftSynthesis, FbankGraph, export_model
+from se.export import DftAnalysis, DftSynthesis, FbankGraph, export_model, sha256
 from se.features import FbankFeatures
 from se.models import build_network, network_kwargs
 from se.onnx_backend import load_exported
@@ -112,6 +112,7 @@ def test_exported_backends_match_torch(tiny_exports, network, fmt):
     meta = json.loads((dirs[fmt] / "export.json").read_text())
     assert meta["format"] == fmt and meta["sampling_rate"] == rate
     assert meta["network_kwargs"] == network_kwargs(network, {"network_kwargs": TINY[network]})
+    assert meta["segmenting"]["segment_length_s"] == 10.0 and meta["checkpoint_sha256"] == sha256(ckpt)
     assert all(v <= 1e-4 for v in meta["check_max_rel_diff"].values())
     x = speech_like(2.3, rate, seed=1)
     for run in (lambda m: enhance_signal(m, x, rate, rate // 4),  # segmented, cross-faded

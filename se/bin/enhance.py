@@ -34,7 +34,7 @@ from se import cli
 from se.allocator import retain_freed_memory
 from se.audio import AudioError, audio_info, read_audio, write_audio
 from se.data import DataDirError, read_scp
-from se.enhance import enhance_clearvoice, enhance_signal
+from se.enhance import OVERLAP_SECONDS, SEGMENT_SECONDS, enhance_clearvoice, enhance_signal
 from se.models import get_entry, network_names
 from se.onnx_backend import BACKENDS, load_for_enhance
 from se.resample import resample
@@ -55,9 +55,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--clearvoice-compat", action="store_true",
                    help="reproduce ClearVoice's decode path exactly (its padding, delay and edge effects)")
-    p.add_argument("--segment-length", type=cli.positive_float, default=10.0,
+    p.add_argument("--segment-length", type=cli.positive_float, default=SEGMENT_SECONDS,
                    help="seconds; longer inputs are decoded in overlapping segments (default path)")
-    p.add_argument("--segment-overlap", type=cli.nonneg_float, default=1.0,
+    p.add_argument("--segment-overlap", type=cli.nonneg_float, default=OVERLAP_SECONDS,
                    help="seconds of cross-fade between segments (shorter than --segment-length)")
     p.add_argument("--output-subtype", choices=["PCM_16", "FLOAT"], default="PCM_16")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
