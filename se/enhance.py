@@ -24,6 +24,10 @@ from se.audio import norm_gain
 
 log = logging.getLogger(__name__)
 
+# default-path segmenting (se.bin.enhance --segment-length / --segment-overlap defaults), seconds
+SEGMENT_SECONDS = 10.0
+OVERLAP_SECONDS = 1.0
+
 
 def crossfade_weights(length: int, fade_in: int, fade_out: int) -> np.ndarray:
     """Ones with linear ramps of ``fade_in`` / ``fade_out`` samples at the ends."""

@@ -4,8 +4,10 @@
         --input data/test/wav.scp --output-dir exp/frcrn/enhanced/test
 
 --checkpoint: one of our checkpoint files, an experiment dir (its last_best_checkpoint), or a
-ClearVoice release file ({'model': state_dict}); or --model-dir: a package folder made by
-se.bin.package (its model.pt). --input: one audio file, a directory of
+ClearVoice release file ({'model': state_dict}). Or --model-dir: a package folder of
+se.bin.package (--backend torch: its model.pt; onnxruntime: its onnx/ export), or an export dir
+of se.bin.export (--backend onnxruntime: ONNX; torch: its TorchScript file, or the checkpoint it
+names); every backend shares the same decode code (se.enhance). --input: one audio file, a directory of
 .wav/.flac files, or a Kaldi scp (``utt path`` per line; outputs are named ``<utt>.wav``).
 Every output has its input's name and length and is written at the input's sample rate
 (inputs at another rate than the network's are resampled on the way in and out, and a log
@@ -38,11 +40,10 @@ from se.atomic import publish
 from se.allocator import retain_freed_memory
 from se.audio import AudioError, audio_info, read_audio, write_audio
 from se.batching import Progress, enhance_batched
-from se.checkpoint import load_network
 from se.data import DataDirError, read_scp
-from se.enhance import enhance_clearvoice, enhance_signal
+from se.enhance import OVERLAP_SECONDS, SEGMENT_SECONDS, enhance_clearvoice, enhance_signal
 from se.models import get_entry, network_names
-from se.package import package_checkpoint
+from se.onnx_backend import BACKENDS, load_for_enhance
 from se.resample import resample
 
 log = logging.getLogger("se.enhance")
@@ -54,14 +55,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", choices=network_names(), help="network (required for ClearVoice files)")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="checkpoint file or experiment dir")
-    model.add_argument("--model-dir", help="a model package folder (python -m se.bin.package): its model.pt")
+    model.add_argument("--model-dir", help="a model package (se.bin.package) or an export dir (se.bin.export)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch, or onnxruntime (needs --model-dir: a package or an ONNX export)")
+    p.add_argument("--threads", type=cli.positive_int, help="CPU threads of the backend (default: its own)")
     p.add_argument("--input", required=True, help="audio file, directory or scp")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--clearvoice-compat", action="store_true",
                    help="reproduce ClearVoice's decode path exactly (its padding, delay and edge effects)")
-    p.add_argument("--segment-length", type=cli.positive_float, default=10.0,
+    p.add_argument("--segment-length", type=cli.positive_float, default=SEGMENT_SECONDS,
                    help="seconds; longer inputs are decoded in overlapping segments (default path)")
-    p.add_argument("--segment-overlap", type=cli.nonneg_float, default=1.0,
+    p.add_argument("--segment-overlap", type=cli.nonneg_float, default=OVERLAP_SECONDS,
                    help="seconds of cross-fade between segments (shorter than --segment-length)")
     p.add_argument("--output-subtype", choices=["PCM_16", "FLOAT"], default="PCM_16")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -156,6 +160,8 @@ def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
     retain_freed_memory()  # large per-file tensors: reuse freed memory (se/allocator.py)
     # every option and input is checked before the model is loaded or anything is written
+    if (args.checkpoint is None) == (args.model_dir is None):
+        raise cli.UserError("give exactly one of --checkpoint and --model-dir")
     if not args.job <= args.num_jobs:
         raise cli.UserError(f"--job must be in 1..--num-jobs, got {args.job} of {args.num_jobs}")
     if args.segment_overlap >= args.segment_length:
@@ -165,14 +171,13 @@ def _main(argv: list[str]) -> int:
     out_dir = cli.check_output_dir(args.output_dir, "--output-dir", [name for name, _, _ in items],
                                    [p for _, p, _ in items])
     durations = check_inputs(items)
-    device = cli.check_device(args.device)
-    checkpoint = package_checkpoint(args.model_dir) if args.model_dir else args.checkpoint
-    model, info = load_network(checkpoint, args.network, device)
+    device = cli.check_device("cpu" if args.backend == "onnxruntime" else args.device)
+    model, info = load_for_enhance(args.checkpoint, args.model_dir, args.backend, args.network, device, args.threads)
     if hasattr(model, "inference_dither"):
         model.inference_dither = args.fbank_dither
     rate = get_entry(info["network"]).sampling_rate
-    log.info("%s from %s (%s format), %s decode path, %d file(s)", info["network"], info["file"],
-             info["format"], "ClearVoice" if args.clearvoice_compat else
+    log.info("%s from %s (%s format, %s backend), %s decode path, %d file(s)", info["network"], info["file"],
+             info["format"], args.backend, "ClearVoice" if args.clearvoice_compat else
              "streaming (causal)" if getattr(model, "causal", False) else "default", len(items))
     batched = args.batch_size > 1 or args.length_quantum > 0
     if batched and args.clearvoice_compat:

@@ -130,12 +130,12 @@ class ConviSTFT(nn.Module):
 
     @float32
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        frames = spec.shape[-1]
         y = F.conv_transpose1d(spec, self.weight, stride=self.win_inc)  # (B, 1, L')
-        win_len = self.weight.shape[-1]
-        w2 = (self.window.reshape(1, win_len, 1) ** 2).expand(1, win_len, frames)  # (1, win, T)
-        norm = F.fold(w2, (1, y.shape[-1]), (1, win_len), stride=(1, self.win_inc))  # (1,1,1,L')
-        return (y / (norm.reshape(1, 1, -1) + 1e-8)).squeeze(1)  # (B, L')
+        # overlap-added squared window: a transposed conv of ones (exports to ONNX, F.fold does not)
+        w2 = (self.window.reshape(1, 1, -1) ** 2)  # (1, 1, win_len)
+        ones = torch.ones_like(spec[:1, :1])  # (1, 1, T)
+        norm = F.conv_transpose1d(ones, w2, stride=self.win_inc)  # (1, 1, L')
+        return (y / (norm + 1e-8)).squeeze(1)  # (B, L')
 
 
 # ---------------------------------------------------------------------------------------------

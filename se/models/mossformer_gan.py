@@ -190,7 +190,12 @@ class MossFormerGAN(nn.Module):
                 f"MossFormerGAN.forward expects (B, 2, T, {self.num_features}), got {tuple(x.shape)}"
             )
         mag = torch.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2).unsqueeze(1)  # (B, 1, T, F) compressed |X|
-        phase = torch.atan2(x[:, 1], x[:, 0]).unsqueeze(1)  # (B, 1, T, F)
+        # noisy phase as (cos, sin) = (real, imag) / |X|, i.e. cos/sin of atan2(imag, real), with
+        # atan2(0, 0) = 0 -> (1, 0); no atan2 (ONNX has none; its export was off near zero)
+        nonzero = mag > 0
+        safe = torch.where(nonzero, mag, torch.ones_like(mag))  # (B, 1, T, F)
+        cos_phase = torch.where(nonzero, x[:, 0:1] / safe, torch.ones_like(mag))  # (B, 1, T, F)
+        sin_phase = x[:, 1:2] / safe  # (B, 1, T, F)
         h = torch.cat((mag, x), dim=1)  # (B, 3, T, F): [|X|, real, imag]
         h = self.dense_encoder(h)  # (B, C, T, Q)
         recompute = self.checkpoint_blocks and torch.is_grad_enabled() and self.training
@@ -202,8 +207,8 @@ class MossFormerGAN(nn.Module):
         mask = self.mask_decoder(h)  # (B, 1, T, F)
         out_mag = mask * mag  # (B, 1, T, F) masked magnitude, noisy phase
         res = self.complex_decoder(h)  # (B, 2, T, F) complex residual
-        real = out_mag * torch.cos(phase) + res[:, 0:1]  # (B, 1, T, F)
-        imag = out_mag * torch.sin(phase) + res[:, 1:2]  # (B, 1, T, F)
+        real = out_mag * cos_phase + res[:, 0:1]  # (B, 1, T, F)
+        imag = out_mag * sin_phase + res[:, 1:2]  # (B, 1, T, F)
         return [real, imag]
 
     # -- signal helpers --------------------------------------------------------------------------
@@ -243,8 +248,8 @@ class MossFormerGAN(nn.Module):
                 x = noisy.to(self.window.device, self.window.dtype)
                 length = x.shape[-1]
                 c = self.norm_factor(x)  # (B, 1)
-                real, imag = self(self.spectrum(x * c))
-                return self.synthesise(real, imag, length) / c
+                start = self.fft_len // 2  # the centred synthesis inside the uncentred one
+                return self.waveform(x * c)[:, start:start + length] / c
         finally:
             self.train(was_training)
 
@@ -277,9 +282,16 @@ class MossFormerGAN(nn.Module):
         if pad:
             x = torch.cat((x, x[:, :pad]), dim=-1)  # wrap-around frame padding
         c = torch.sqrt(x.shape[-1] / torch.sum(x**2.0, dim=-1, keepdim=True))  # no epsilon
-        real, imag = self(self.spectrum(x * c))
-        y = self.istft(power_uncompress(real, imag), center=False)  # (B, (T-1)*hop + win)
-        return (y / c)[:, :length]
+        return (self.waveform(x * c) / c)[:, :length]
+
+    def waveform(self, x: torch.Tensor) -> torch.Tensor:
+        """The waveform step both decode paths share: centred STFT, network, UNcentred iSTFT.
+
+        (B, L) scaled input -> (B, (T - 1) * hop + fft_len); the aligned (centred) output is
+        ``[:, fft_len // 2:][:, :L]``. An exported model (se.export) replaces exactly this step.
+        """
+        real, imag = self(self.spectrum(x))
+        return self.istft(power_uncompress(real, imag), center=False)
 
     def clearvoice_decode(self, raw: np.ndarray) -> np.ndarray:
         """Reference decode of raw float64 samples (L,) -> float64 (L,).

@@ -326,17 +326,14 @@ class RotaryEmbedding(nn.Module):
         """(n, dim) cos and sin tables, each frequency repeated for its feature pair."""
         pos = torch.arange(n, device=device, dtype=torch.float32)  # (n,)
         ang = pos[:, None] * self.freqs.detach().float()[None, :]  # (n, dim/2), float32 angles
-        ang = ang.repeat_interleave(2, dim=-1).to(dtype)  # (n, dim)
+        ang = torch.stack((ang, ang), dim=-1).flatten(-2).to(dtype)  # (n, dim): each angle twice
         return ang.cos(), ang.sin()
 
     def rotated_part(self, x: torch.Tensor, seq_dim: int) -> torch.Tensor:
         """The first ``dim`` features of x (..., n, ..., d) rotated by the position along seq_dim."""
-        n = x.shape[seq_dim]
-        cos, sin = self.cos_sin(n, x.dtype, x.device)
-        shape = [1] * x.dim()
-        shape[seq_dim] = n
-        shape[-1] = self.dim
-        cos, sin = cos.view(shape), sin.view(shape)  # broadcast over every other axis
+        cos, sin = self.cos_sin(x.shape[seq_dim], x.dtype, x.device)  # (n, dim)
+        for _ in range(seq_dim % x.dim(), x.dim() - 2):  # (n, 1, ..., 1, dim): broadcasts over
+            cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # every other axis (and exports to ONNX)
         mid = x[..., : self.dim]
         pairs = mid.unflatten(-1, (-1, 2))  # (..., dim/2, 2)
         rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (-x1, x0) pairs
@@ -441,8 +438,8 @@ class MossFormer(nn.Module):
 
         cq, ck, cvu = to_cross(quad_q), to_cross(quad_k), to_cross(vu)
         attn_c = relu_square(torch.bmm(cq, ck.transpose(1, 2)) / a)  # (B*n, A, A)
-        self_term = torch.eye(a, dtype=torch.bool, device=attn_c.device)
-        attn_c = attn_c.masked_fill(self_term, 0.0)  # no attention of a row to itself
+        off_diagonal = 1.0 - torch.eye(a, dtype=attn_c.dtype, device=attn_c.device)  # (A, A)
+        attn_c = attn_c * off_diagonal  # no attention of a row to itself (a float mask: exports to ONNX)
         attn_c = F.dropout(attn_c, self.attn_dropout, self.training)
         cross = torch.bmm(attn_c, cvu)  # (B*n, A, 2H)
         cross = cross.view(b, n, a, -1).transpose(1, 2).reshape(b * a, n, -1)  # (N, n, 2H)
