@@ -427,19 +427,31 @@ def test_from_config_and_errors():
 
 
 # ---------------------------------------------------------------------------------- memory
-def test_freed_heap_is_released_between_steps_not_inside_forward(monkeypatch):
-    """malloc_trim is the training loop's call after an update (se.allocator), never the network's."""
+def test_freed_heap_is_released_by_the_training_layer_not_the_network(monkeypatch):
+    """malloc_trim: after each recomputed block (hooks of the GAN step) and after each update
+    (the training loop's se.allocator.release_after_step), only on the CPU with tuned malloc."""
     from se import allocator
 
     calls = []
     monkeypatch.setattr(allocator, "release_free_memory", lambda: calls.append(1) or True)
-    step = _step()
     noisy, clean = _pair(1, seconds=0.5, seed=7)
+    monkeypatch.setattr(allocator, "_applied", None)  # malloc not tuned: nothing to release
+    step = _step()
     step.micro_step(noisy, clean, 1.0)
     step.update()
-    assert calls == []  # nothing inside the forward / backward
-    monkeypatch.setattr(allocator, "_applied", None)  # malloc not tuned: nothing to release
-    assert allocator.release_after_step(torch.device("cpu")) is False
+    assert calls == [] and allocator.release_after_step(torch.device("cpu")) is False
     monkeypatch.setattr(allocator, "_applied", allocator.DEFAULT_TRIM_THRESHOLD)
-    assert allocator.release_after_step(torch.device("cuda", 0)) is False and calls == []
-    assert allocator.release_after_step(torch.device("cpu")) is True and calls == [1]
+    step = _step()
+    step.micro_step(noisy, clean, 1.0)
+    # after the one block's forward (its recomputation in backward stops at the last tensor
+    # backward needs, before the block returns)
+    assert len(calls) == 1
+    with torch.no_grad():
+        step.modules["model"](step.modules["model"].spectrum(noisy))  # no autograd: none
+    assert len(calls) == 1
+    assert allocator.release_after_step(torch.device("cuda", 0)) is False and len(calls) == 1
+    assert allocator.release_after_step(torch.device("cpu")) is True and len(calls) == 2
+    for h in step._release_hooks:
+        h.remove()
+    step.micro_step(noisy, clean, 1.0)  # the network alone never trims
+    assert len(calls) == 2

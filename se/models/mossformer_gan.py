@@ -46,6 +46,7 @@ from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
+from se.allocator import release_after_each
 from se.audio import audio_norm
 from se.checkpoint import torch_load
 from se.models import ConfigKey, build_from_config, constructor_kwargs
@@ -453,6 +454,10 @@ class GANTrainStep(TrainStep):
         self.valid_pesq = bool(conf.get("valid_pesq", False))
         self.fs = int(conf.get("sampling_rate", MossFormerGAN.sampling_rate))
         self._pool = None
+        # CPU training: the freed heap goes back to the OS after each recomputed SyncANet
+        # block (se/allocator.py); the network itself does no memory management
+        g = unwrap(model)
+        self._release_hooks = release_after_each(g.blocks if g.checkpoint_blocks else [], device)
 
     def check_world_size(self, world_size: int) -> None:
         if self.mode == "clearvoice" and world_size > 1:
