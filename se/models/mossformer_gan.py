@@ -46,7 +46,7 @@ from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from se.allocator import release_after_each
+from se.allocator import release_after_each, release_after_step
 from se.audio import audio_norm
 from se.checkpoint import torch_load
 from se.models import ConfigKey, build_from_config, constructor_kwargs
@@ -458,6 +458,11 @@ class GANTrainStep(TrainStep):
         # block (se/allocator.py); the network itself does no memory management
         g = unwrap(model)
         self._release_hooks = release_after_each(g.blocks if g.checkpoint_blocks else [], device)
+
+    def update(self, loss_finite: bool = True) -> dict[str, float]:
+        result = super().update(loss_finite)
+        release_after_step(self.device)  # and after each optimiser update (CPU, retained memory only)
+        return result
 
     def check_world_size(self, world_size: int) -> None:
         if self.mode == "clearvoice" and world_size > 1:
