@@ -329,6 +329,13 @@ def decode_settings(model) -> dict:
     return {k: getattr(model, k) for k in keys if isinstance(getattr(model, k, None), (int, float))}
 
 
+def unsupported_reason(model) -> str | None:
+    """Why the network ``model`` cannot be exported yet (None: it can)."""
+    if getattr(model, "causal", False):
+        return "a causal (streaming) FRCRN, whose export is not supported yet (stream it with se.bin.stream_enhance)"
+    return None
+
+
 def export_model(checkpoint, network: str | None, fmt: str, out_dir, quantize: str | None = None) -> Path:
     """Exports ``checkpoint`` (ours, averaged or a ClearVoice release file; an experiment dir
     takes its best checkpoint) to ``out_dir``; returns the path of the exported model file.
@@ -346,8 +353,9 @@ def export_model(checkpoint, network: str | None, fmt: str, out_dir, quantize: s
         raise ExportError(f"--quantize {quantize}: only 'int8' with --format onnx")
     model, info = load_network(checkpoint, network, "cpu", kernels=False)
     name, file = info["network"], Path(info["file"])
-    if getattr(model, "causal", False):
-        raise ExportError(f"{file}: a causal (streaming) FRCRN; its export is not supported yet")
+    reason = unsupported_reason(model)
+    if reason:
+        raise ExportError(f"{file}: {reason}")
     rate = get_entry(name).sampling_rate
     step = step_module(model, name)
     export_friendly(step)
@@ -409,8 +417,8 @@ def read_export_json(model_dir) -> dict:
     if not Path(model_dir).is_dir():
         raise ExportError(f"{model_dir}: --model-dir is not a directory")
     if not path.is_file():
-        raise ExportError(f"{model_dir}: no {EXPORT_JSON} in this directory; is it an export dir "
-                          "(python -m se.bin.export ... --out-dir)?")
+        raise ExportError(f"{model_dir}: no {EXPORT_JSON} or package.json here, so not a model package or export "
+                          "dir (make one with python -m se.bin.package or python -m se.bin.export)")
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

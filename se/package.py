@@ -146,10 +146,12 @@ def export_files(checkpoint: Path, network: str, formats: list[str], out_dir: Pa
     """{format: path relative to out_dir} made by se.export.export_model, or why none were made."""
     if not formats:
         return {}, "no export asked for (--formats none)"
-    try:
-        from se.export import export_model
-    except ImportError as exc:
-        return {}, f"se.export is not available in this checkout ({exc}); model.pt only"
+    from se.checkpoint import load_network
+    from se.export import export_model, unsupported_reason
+
+    reason = unsupported_reason(load_network(checkpoint, network, "cpu", kernels=False)[0])
+    if reason:
+        return {}, f"not exported: {reason}; model.pt only"
     made = {}
     for fmt in formats:
         path = export_model(checkpoint, network, fmt, out_dir / fmt, quantize=None)

@@ -35,12 +35,17 @@ def test_mini_recipe_all_stages(tmp_path):
     assert len(jobs) == 3, jobs
     assert jobs[0].startswith("--mem 2G JOB=1:1 ") and "se.bin.enhance" in jobs[0]
     assert all(j.startswith("JOB=1:1 ") and "se.bin.score" in j for j in jobs[1:])
+    # stage 6: a model package (weights, exports, card) that enhances through both backends alike
+    package = recipe / "models/FRCRN_SE_16K"
+    assert {"package.json", "model.pt", "README.md", "onnx", "torchscript"} <= {p.name for p in package.iterdir()}
+    assert "se.bin.compare_audio: same: max difference" in out.stdout
     # the same command again: every stage's .done marker holds the same inputs, nothing runs
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for skipped in ("is complete, skipping", "data dirs are made already", "validated already",
                     "trained already with these settings", "enhanced/test is up to date",
-                    "scores/test/noisy is up to date", "scores/test/enhanced is up to date"):
+                    "scores/test/noisy is up to date", "scores/test/enhanced is up to date",
+                    "models/FRCRN_SE_16K is up to date"):
         assert skipped in again.stdout, skipped
     assert len(calls.read_text().splitlines()) == 3
     # other metrics: only the scoring stage runs again (noisy and enhanced), through --score-cmd

@@ -172,7 +172,7 @@ def test_bad_input_one_line_errors(exp, tmp_path, capsys):
         assert message in run_cli(package.main, argv, capsys), argv
     assert not (tmp_path / "o").exists()
     sf.write(tmp_path / "in.wav", tone_pair(0.5, 16000, 1)[0], 16000)
-    for model_dir, message in ((tmp_path / "nope", "model dir not found"), (full, "not a model package")):
+    for model_dir, message in ((tmp_path / "nope", "--model-dir is not a directory"), (full, "not a model package")):
         argv = ["--model-dir", str(model_dir), "--input", str(tmp_path / "in.wav"), "--output-dir", str(tmp_path / "e")]
         assert message in run_cli(enhance.main, argv, capsys)
     argv = ["--model-dir", str(full), "--checkpoint", str(exp), "--input", str(tmp_path / "in.wav"),

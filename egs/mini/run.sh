@@ -199,19 +199,28 @@ fi
 if in_stages 6; then
   log "Stage 6: package $exp as $package_dir; enhance one test file from the package with both backends"
   require "$exp/last_best_checkpoint" "run stage 3 first"
-  if [ -f "$package_dir/package.json" ]; then  # a package made by an earlier run: made again
-    rm -r "$package_dir"
+  package_sig="$(checkpoint_sig "$exp") licence=$licence"
+  if stage_done "$exp/.stage6.done" "$package_sig" && [ -f "$package_dir/package.json" ]; then
+    log "$package_dir is up to date, skipping"
+  else
+    rm -f "$exp/.stage6.done"
+    if [ -f "$package_dir/package.json" ]; then  # a package made by an earlier run: made again
+      rm -r "$package_dir"
+    fi
+    licence_opt=()
+    [ -n "$licence" ] && licence_opt=(--licence "$licence")
+    python -m se.bin.package --exp-dir "$exp" --out-dir "$package_dir" "${licence_opt[@]}"
+    read -r utt wav < "$data/$test_set/wav.scp"
+    check=$exp/package_check
+    rm -rf "$check"
+    python -m se.bin.enhance --model-dir "$package_dir" --input "$wav" --output-dir "$check/torch" --output-subtype FLOAT
+    if [ -d "$package_dir/onnx" ]; then  # (causal models are packaged without exports)
+      python -m se.bin.enhance --backend onnxruntime --model-dir "$package_dir" --input "$wav" \
+        --output-dir "$check/onnxruntime" --output-subtype FLOAT
+      python -m se.bin.compare_audio "$check/torch/$utt.wav" "$check/onnxruntime/$utt.wav"
+    fi
+    mark_done "$exp/.stage6.done" "$package_sig"
   fi
-  licence_opt=()
-  [ -n "$licence" ] && licence_opt=(--licence "$licence")
-  python -m se.bin.package --exp-dir "$exp" --out-dir "$package_dir" "${licence_opt[@]}"
-  read -r utt wav < "$data/$test_set/wav.scp"
-  check=$exp/package_check
-  rm -rf "$check"
-  python -m se.bin.enhance --model-dir "$package_dir" --input "$wav" --output-dir "$check/torch" --output-subtype FLOAT
-  python -m se.bin.enhance --backend onnxruntime --model-dir "$package_dir" --input "$wav" \
-    --output-dir "$check/onnxruntime" --output-subtype FLOAT
-  python -m se.bin.compare_audio "$check/torch/$utt.wav" "$check/onnxruntime/$utt.wav"
 fi
 
 success

@@ -19,7 +19,7 @@ def _probe_onednn() -> bool:
         op = torch.ops.mkldnn._linear_pointwise
         y = op(torch.ones(2, 3), torch.ones(4, 3), None, "none", [], "")
         return tuple(y.shape) == (2, 4) and bool((y == 3).all())
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError, TypeError):
         return False
 
 
