@@ -231,7 +231,9 @@ def test_caches_are_reused_and_invalidated():
     fast.float()
     assert "_reused" not in block.__dict__
     with torch.no_grad():
-        assert close(fast(noisy.float())[1].double(), ref(noisy)[1], 1e-4)
+        # float32 against float64 after the weight doubling above (outputs ~1e3): a stale float64
+        # cache would fail outright; 1e-3 leaves room for float32 rounding on any CPU
+        assert close(fast(noisy.float())[1].double(), ref(noisy)[1], 1e-3)
 
 
 # ---------------------------------------------------------------------------------------------
