@@ -62,8 +62,10 @@ def _ours(network: str, case: str, seconds: float, runs: int, threads: int, work
     import numpy as np
     import torch
 
+    from se.allocator import retain_freed_memory
     from se.models import build_network, get_entry
 
+    retain_freed_memory()  # as se.bin.enhance does at start-up (se/allocator.py)
     torch.set_num_threads(threads)
     rate = get_entry(network).sampling_rate
     if case == "torch":
