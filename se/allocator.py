@@ -6,11 +6,15 @@ temporary (MossFormerGAN's attention and feature tensors are 50-200 MB at 10 s o
 is faulted in page by page and zeroed by the kernel again on every allocation: 7.5 million
 page faults and about 40 % of the wall time of a MossFormerGAN_SE_16K enhancement of a 10 s
 file on 2 CPU threads.  With mmap disabled for the heap (``M_MMAP_MAX = 0``) freed blocks
-stay in the process and are reused; free memory at the top of the heap is handed back only
-beyond ``M_TRIM_THRESHOLD`` (256 MiB), and then down to ``M_TOP_PAD`` (256 MiB, not to zero,
-which made the next call fault it all in again).  Values are unchanged.  The price is
-resident memory: freed blocks are kept, and glibc cannot always fit a new aligned block into
-an old hole, so the peak RSS of that enhancement went from 2.2 to about 3.5 GB.
+stay in the process and are reused, and glibc never trims the top of the heap by itself
+(``M_TRIM_THRESHOLD`` at its largest value, 2 GiB - 1): with the earlier threshold of 256 MiB,
+freeing a few of those tensors at the top of the heap crossed it, the heap was trimmed and the
+next call faulted it all in again (3.3 million page faults and 6-7 s of system time per 10 s
+MossFormerGAN_SE_16K enhancement; none with the larger threshold, and a lower peak RSS).  When
+the heap grows it asks the kernel for ``M_TOP_PAD`` (256 MiB) more.  Values are unchanged.
+The price is resident memory: freed blocks are kept, and glibc cannot always fit a new
+aligned block into an old hole, so the peak RSS of that enhancement went from 2.2 to about
+3-3.5 GB.
 ``release_free_memory()`` hands free heap pages back on request.  The training layer uses it
 (CPU training with retained memory only; networks never call it themselves):
 ``release_after_step()`` after each optimiser update, and ``release_after_each(modules)``
@@ -21,7 +25,7 @@ RSS of a 2 s MossFormerGAN_SE_16K step 7.6 GB without, 6.3 GB with).
 ``retain_freed_memory()`` is called by se.bin.enhance and se.bin.train at start-up.  Set
 ``SE_RETAIN_FREED_MEMORY=0`` to leave malloc alone.  Elsewhere than glibc it does nothing.
 The equivalent setting for any process is the environment variable
-``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=268435456:glibc.malloc.top_pad=268435456``.
+``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.top_pad=268435456``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_TOP_PAD = -2
 M_MMAP_MAX = -4
-DEFAULT_TRIM_THRESHOLD = 256 << 20
+DEFAULT_TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt takes (an int)
+TOP_PAD = 256 << 20
 
 _applied: int | None = None
 
@@ -56,7 +61,7 @@ def retain_freed_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     if (mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, int(trim_threshold)) != 1
-            or mallopt(M_TOP_PAD, int(trim_threshold)) != 1):
+            or mallopt(M_TOP_PAD, TOP_PAD) != 1):
         log.debug("mallopt refused the settings; malloc left as it is")
         return False
     _applied = trim_threshold
