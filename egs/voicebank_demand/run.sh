@@ -102,7 +102,9 @@ if in_stages 1; then
   if stage_done "$datadir/.stage1.done" "$data_sig"; then
     log "the data dirs are prepared already, skipping ($datadir/.stage1.done)"
   else
-    if $need_corpus; then need_done "$datadir/.stage0.done" "$corpus_sig" "$corpus is not verified; run stage 0 first"; fi
+    if $need_corpus; then
+      need_done "$datadir/.stage0.done" "$corpus_sig" "$corpus is not verified; run stage 0 first"
+    fi
     rm -f "$datadir/.stage2.done"
     if $use_lists; then
       declare -A lists=([train]=$train_list [valid]=$valid_list [test]=$test_list)

@@ -3,7 +3,7 @@
 # at the top (steps), or right after path.sh through steps/lib/stages.sh (recipes):
 #   . "$SE_ROOT/steps/lib/common.sh"
 # A step script's contract: it echoes "$0 $*" first, prints a usage with an `e.g.:` line and exits 1
-# when its arguments are wrong, checks its inputs (require), and ends with the success line.
+# when its arguments are wrong (check_args), checks its inputs (require), and ends with the success line.
 
 # log MESSAGE: one time-stamped line naming the script and its line that logged it (for a function of
 # steps/lib/, such as success or a shared stage: the line that called that function)

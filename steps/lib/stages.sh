@@ -40,8 +40,10 @@ network_fs() { python -c 'import sys; from se.models import network_sampling_rat
 
 # need_conf CONF: stop unless the config CONF exists, naming the networks of conf/train_<network>.yaml
 need_conf() {
-  [ -f "$1" ] \
-    || stop "no $1: networks with a config are $(cd conf && printf '%s ' train_*.yaml | sed 's/train_\([^ ]*\)\.yaml/\1/g')"
+  local networks
+  [ -f "$1" ] && return 0
+  networks=$(cd conf && printf '%s ' train_*.yaml | sed 's/train_\([^ ]*\)\.yaml/\1/g')
+  stop "no $1: networks with a config are $networks"
 }
 
 # train_stage EXP CONF SIGNATURE TRAIN_ARGS INIT [steps/train.sh OPTION...]: train CONF in EXP
@@ -51,7 +53,7 @@ need_conf() {
 train_stage() {
   local exp=$1 conf=$2 data_sig=$3 train_args=$4 init=$5
   shift 5
-  local extra
+  local -a extra
   eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
   [ -z "$init" ] || extra=(--init "$init" "${extra[@]}")
   run_once "$exp/.stage3.done" "$(cksum < "$conf") ${extra[*]} $data_sig" \
