@@ -27,13 +27,9 @@ Downloads the archives of --subsets into <download-dir>/archives/ and unpacks th
 e.g.: $0 --subsets \"read_speech noise_fullband impulse_responses\" downloads/dns5"
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SE_ROOT/steps/parse_options.sh"
-. "$SE_ROOT/steps/lib/common.sh"
-. "$SE_ROOT/steps/lib/fetch.sh"
+. "$SE_ROOT/steps/lib/fetch.sh"  # (and common.sh)
 
-if [ $# -ne 1 ]; then
-  echo "$help_message" >&2
-  exit 1
-fi
+check_args 1 $#
 dir=$1
 prepare=$SE_ROOT/local/prepare_dns.py
 
@@ -70,12 +66,7 @@ for subset in $(awk '{print $2}' <<< "$urls" | uniq); do
   while read -r url s; do
     [ "$s" = "$subset" ] || continue
     file=$dir/archives/$(basename "$url")
-    if [ ! -f "$file" ]; then
-      # into FILE.part first: FILE exists only once its download has finished
-      log "downloading $url"
-      fetch "$url" "$file.part" || manual "$url"
-      mv "$file.part" "$file"
-    fi
+    fetch_once "$url" "$file" || manual "$url"
     archives+=("$file")
   done <<< "$urls"
   python "$prepare" unpack --subset "$subset" "$dir" "${archives[@]}"

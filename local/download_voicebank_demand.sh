@@ -23,15 +23,10 @@ noisy_testset_wav.zip into <corpus-dir> and unpacks each into <corpus-dir>/<arch
 e.g.: $0 downloads/VoiceBank-DEMAND"
 SE_ROOT=${SE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 . "$SE_ROOT/steps/parse_options.sh"
-. "$SE_ROOT/steps/lib/common.sh"
-. "$SE_ROOT/steps/lib/fetch.sh"
+. "$SE_ROOT/steps/lib/fetch.sh"  # (and common.sh)
 
-if [ $# -ne 1 ]; then
-  echo "$help_message" >&2
-  exit 1
-fi
+check_args 1 $#
 dir=$1
-prepare=$SE_ROOT/local/prepare_voicebank_demand.py
 
 
 # manual NAME: the download of NAME failed; say what to fetch by hand, then stop.
@@ -57,18 +52,14 @@ for name in clean_trainset_28spk_wav noisy_trainset_28spk_wav clean_testset_wav 
     continue
   fi
   zip=$dir/$name.zip
-  if [ ! -f "$zip" ]; then
-    # into NAME.zip.part first: NAME.zip exists only once its download has finished
-    log "downloading $base_url/$name.zip"
-    fetch "$base_url/$name.zip" "$zip.part" || manual "$name.zip"
-    mv "$zip.part" "$zip"
-  fi
-  python "$prepare" unpack --expected "$expected" "$zip" "$dir"
+  fetch_once "$base_url/$name.zip" "$zip" || manual "$name.zip"
+  python "$SE_ROOT/local/prepare_voicebank_demand.py" unpack --expected "$expected" "$zip" "$dir"
   touch "$dir/$name/.done"
   if $remove_zips; then
     rm -f "$zip"
   fi
 done
-python "$prepare" check-layout --expected-train "$expected_train" --expected-test "$expected_test" "$dir"
+python "$SE_ROOT/local/prepare_voicebank_demand.py" check-layout \
+  --expected-train "$expected_train" --expected-test "$expected_test" "$dir"
 log "VoiceBank-DEMAND is complete in $dir"
 success

@@ -18,10 +18,7 @@ e.g.: $0 --nj 4 exp/frcrn data/test exp/frcrn/enhanced/test"
 . "$SE_ROOT/steps/parse_options.sh"
 [ -n "$cmd" ] || cmd=${decode_cmd:-$SE_ROOT/steps/run.sh}  # Kaldi: $cmd JOB=1:N LOG command ...
 
-if [ $# -ne 3 ]; then
-  echo "$help_message" >&2
-  exit 1
-fi
+check_args 3 $#
 exp=$1 data=$2 out=$3
 
 require "$data/wav.scp" "run the data preparation stage first"

@@ -22,10 +22,7 @@ e.g.: $0 --nj 8 data/test/clean.scp exp/frcrn/enhanced/test/wav.scp exp/frcrn/sc
 . "$SE_ROOT/steps/parse_options.sh"
 [ -n "$cmd" ] || cmd=${score_cmd:-$SE_ROOT/steps/run.sh}  # Kaldi: $cmd JOB=1:N LOG command ...
 
-if [ $# -ne 3 ]; then
-  echo "$help_message" >&2
-  exit 1
-fi
+check_args 3 $#
 ref=$1 est=$2 dir=$3
 
 for x in "$ref" "$est"; do

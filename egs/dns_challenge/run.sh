@@ -16,7 +16,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
-. "$SE_ROOT/steps/lib/common.sh"
+. "$SE_ROOT/steps/lib/stages.sh"  # (and common.sh)
 # shellcheck source=SCRIPTDIR/db.sh
 . "$(dirname "$0")/db.sh"
 
@@ -56,16 +56,13 @@ job_runners
 cd "$(dirname "$0")"
 
 conf=conf/train_${network}.yaml
-if [ ! -f "$conf" ]; then
-  log "no $conf: networks with a config are $(cd conf && printf '%s ' train_*.yaml | sed 's/train_\([^ ]*\)\.yaml/\1/g')"
-  exit 1
-fi
-fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
+need_conf "$conf"
+fs=$(network_fs "$network")
 data=data/$((fs / 1000))k   # the network's rate: 16k or 48k (conf/ reads its source dirs there)
 [ -n "$tag" ] || tag=$network
 exp=$expdir/$tag
 corpus=${dns_root:-$download_dir}
-case " $rates " in *" $fs "*) ;; *) log "--rates '$rates' lacks $fs Hz, the rate of $network"; exit 1 ;; esac
+case " $rates " in *" $fs "*) ;; *) stop "--rates '$rates' lacks $fs Hz, the rate of $network" ;; esac
 
 corpus_sig="corpus=$corpus subsets=$subsets"
 data_sig="$corpus_sig rates=$rates valid=$valid_fraction test=$test_fraction speakers=$speaker_regex rirs=$num_rirs"
@@ -92,7 +89,7 @@ if in_stages 1; then
   if stage_done data/.stage1.done "$data_sig"; then
     log "the source dirs are prepared already, skipping (data/.stage1.done)"
   else
-    stage_done data/.stage0.done "$corpus_sig" || { log "$corpus is not verified; run stage 0 first"; exit 1; }
+    need_done data/.stage0.done "$corpus_sig" "$corpus is not verified; run stage 0 first"
     regex_opts=()
     for r in $speaker_regex; do regex_opts+=(--speaker-regex "$r"); done
     python "$SE_ROOT/local/prepare_dns.py" prepare "$corpus" --out-dir data --dump-dir "$dumpdir" \
@@ -117,17 +114,9 @@ if in_stages 2; then
   if stage_done "$data/.stage2.done" "$sets_sig"; then
     log "the valid/test sets are made already, skipping ($data/.stage2.done)"
   else
-    stage_done data/.stage1.done "$data_sig" || { log "the source dirs are not prepared; run stage 1 first"; exit 1; }
-    seed=1
-    for set in valid test; do
-      if [ $set = valid ]; then num=$num_valid; else num=$num_test; fi
-      # the training block's SNRs, reverberation and effects; held-out speakers, noises and RIRs
-      python -m se.bin.simulate --config "$conf" --seed $seed --num "$num" --length "$sim_length" \
-        --out-dir "$data/${set}_sim" --speech "$data/clean_$set" --noise "$data/noise_$set" \
-        --rir "$data/rir_$set" --prefix "dns_${set}_sim" --overwrite
-      seed=$((seed + 1))
-    done
-    python -m se.bin.validate_data_dir "$data/valid_sim" "$data/test_sim" --fs "$fs"
+    need_done data/.stage1.done "$data_sig" "the source dirs are not prepared; run stage 1 first"
+    # held-out speakers (clean_<set>), noises and RIRs
+    simulate_sets "$conf" "$data" clean dns_ "$num_valid" "$num_test" "$sim_length" "$fs"
     python "$SE_ROOT/local/prepare_dns.py" test-sets "$corpus" --out-dir data --dump-dir "$dumpdir" \
       --rates "$fs" --nj "$nj" | tail -n 1 | tr ' ' '\n' | sed '/^$/d' > "$data/official_test_sets"
     log "test sets: $(test_sets | xargs)"
@@ -137,63 +126,31 @@ fi
 
 if in_stages 3; then
   log "Stage 3: train $network in $exp on data simulated on the fly ($conf)"
-  stage_done "$data/.stage2.done" "$sets_sig" || { log "$data/valid_sim is not made; run stage 2 first"; exit 1; }
-  eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
-  [ -z "$init" ] || extra=(--init "$init" "${extra[@]}")
-  train_sig="$(cksum < "$conf") ${extra[*]} $sets_sig"
-  if stage_done "$exp/.stage3.done" "$train_sig"; then
-    log "$exp is trained already with these settings, skipping ($exp/.stage3.done)"
-  else
-    rm -f "$exp/.stage3.done"
-    "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
-      --valid-data "$data/valid_sim" --exp-dir "$exp" -- "${extra[@]}"
-    mark_done "$exp/.stage3.done" "$train_sig"
-  fi
+  need_done "$data/.stage2.done" "$sets_sig" "$data/valid_sim is not made; run stage 2 first"
+  train_stage "$exp" "$conf" "$sets_sig" "$train_args" "$init" --cmd "$train_cmd" --ngpu "$ngpu" \
+    --num-nodes "$num_nodes" --valid-data "$data/valid_sim"
 fi
 
 if in_stages 4; then
   log "Stage 4: enhance the test sets with the best checkpoint of $exp"
-  [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
-  stage_done "$data/.stage2.done" "$sets_sig" || { log "the test sets are not made; run stage 2 first"; exit 1; }
+  need_model "$exp"
+  need_done "$data/.stage2.done" "$sets_sig" "the test sets are not made; run stage 2 first"
   for set in $(test_sets); do
-    enhance_sig="$(checkpoint_sig "$exp") $sets_sig"
-    if stage_done "$exp/enhanced/$set/.done" "$enhance_sig"; then
-      log "$exp/enhanced/$set is up to date, skipping"
-      continue
-    fi
-    rm -f "$exp/enhanced/$set/.done"
-    "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/$set" "$exp/enhanced/$set"
-    mark_done "$exp/enhanced/$set/.done" "$enhance_sig"
+    enhance_set "$exp" "$data/$set" "$sets_sig" --cmd "$decode_cmd" --nj "$nj"
   done
 fi
 
 if in_stages 5; then
   log "Stage 5: score noisy and enhanced audio of every test set; write $exp/RESULTS.md"
   for set in $(test_sets); do
-    [ -f "$exp/enhanced/$set/.done" ] || { log "no enhanced audio in $exp/enhanced/$set; run stage 4 first"; exit 1; }
     if [ -f "$data/$set/spk1.scp" ]; then
-      ref=$data/$set/spk1.scp m=${metrics// /,}
+      ref=$data/$set/spk1.scp m=$metrics
     else
-      ref=- m=${noref_metrics// /,}  # real recordings: no clean reference
+      ref=- m=$noref_metrics  # real recordings: no clean reference
     fi
-    for kind in noisy enhanced; do
-      if [ $kind = noisy ]; then
-        est=$data/$set/wav.scp score_sig="metrics=$m $sets_sig"
-      else
-        est=$exp/enhanced/$set/wav.scp score_sig="metrics=$m $(cat "$exp/enhanced/$set/.done")"
-      fi
-      if stage_done "$exp/scores/$set/$kind/.done" "$score_sig"; then
-        log "$exp/scores/$set/$kind is up to date, skipping"
-        continue
-      fi
-      rm -f "$exp/scores/$set/$kind/.done"
-      "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --fs "$fs" --metrics "$m" \
-        "$ref" "$est" "$exp/scores/$set/$kind"
-      mark_done "$exp/scores/$set/$kind/.done" "$score_sig"
-    done
+    score_set "$exp" "$data/$set" "$ref" "$m" "$sets_sig" --cmd "$score_cmd" --nj "$nj" --fs "$fs"
   done
-  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" --cmd "${run_cmdline% }"
-  cat "$exp/RESULTS.md"
+  write_results "$exp" "$run_cmdline"
 fi
 
 success

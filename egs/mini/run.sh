@@ -17,7 +17,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
-. "$SE_ROOT/steps/lib/common.sh"
+. "$SE_ROOT/steps/lib/stages.sh"  # (and common.sh)
 
 stage=0                # first stage to run
 stop_stage=6           # last stage to run
@@ -48,10 +48,10 @@ cd "$(dirname "$0")"
 
 if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)
   require "$conf"
-  network=$(python -c 'import sys; from se.config import load; print(load(sys.argv[1])["network"])' "$conf")
+  network=$(conf_network "$conf")
 fi
 if [ -z "$fs" ]; then
-  fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
+  fs=$(network_fs "$network")
 fi
 if $simulate; then
   [ -n "$conf" ] || conf=conf/train_sim_${network}.yaml
@@ -64,7 +64,7 @@ else
   valid_set=valid
   test_set=test
 fi
-[ -f "$conf" ] || { log "no $conf: mini configs are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | xargs)"; exit 1; }
+[ -f "$conf" ] || stop "no $conf: mini configs are $(ls conf | sed -n 's/^train_\(.*\)\.yaml$/\1/p' | xargs)"
 # the experiment is named after the config: train_X.yaml -> X, train_sim_X.yaml -> X_sim
 [ -n "$tag" ] || tag=$(basename "$conf" .yaml | sed 's/^train_//; s/^sim_\(.*\)$/\1_sim/')
 corpus=downloads/mini_${fs}
@@ -82,18 +82,13 @@ fi
 
 if in_stages 0; then
   log "Stage 0: make the mini corpus at ${fs} Hz in ${corpus}"
-  if stage_done "$corpus/.done" "$corpus_sig"; then
-    log "$corpus is complete, skipping"
-  else
-    rm -f "$corpus/.done"
+  run_once "$corpus/.done" "$corpus_sig" "$corpus is complete, skipping" \
     python "$SE_ROOT/local/make_mini_corpus.py" --out-dir "$corpus" --fs "$fs"
-    mark_done "$corpus/.done" "$corpus_sig"
-  fi
 fi
 
 if in_stages 1; then
   log "Stage 1: data dirs in ${data} ($mode)"
-  stage_done "$corpus/.done" "$corpus_sig" || { log "$corpus is missing; run stage 0 first"; exit 1; }
+  need_done "$corpus/.done" "$corpus_sig" "$corpus is missing; run stage 0 first"
   if stage_done "$data/.stage1.$mode.done" "$data_sig"; then
     log "the data dirs are made already, skipping ($data/.stage1.$mode.done)"
   elif ! $simulate; then
@@ -125,75 +120,36 @@ fi
 
 if in_stages 2; then
   log "Stage 2: validate the data dirs"
-  stage_done "$data/.stage1.$mode.done" "$data_sig" || { log "$data is not made; run stage 1 first"; exit 1; }
-  if stage_done "$data/.stage2.$mode.done" "$data_sig"; then
-    log "the data dirs were validated already, skipping ($data/.stage2.$mode.done)"
-  else
-    if $simulate; then
-      python -m se.bin.validate_data_dir "$data/$valid_set" "$data/$test_set" --fs "$fs"
-    else
-      python -m se.bin.validate_data_dir "$data/train" "$data/valid" "$data/test" --fs "$fs"
-    fi
-    mark_done "$data/.stage2.$mode.done" "$data_sig"
-  fi
+  need_done "$data/.stage1.$mode.done" "$data_sig" "$data is not made; run stage 1 first"
+  if $simulate; then dirs=("$data/$valid_set" "$data/$test_set"); else dirs=("$data"/{train,valid,test}); fi
+  run_once "$data/.stage2.$mode.done" "$data_sig" \
+    "the data dirs were validated already, skipping ($data/.stage2.$mode.done)" \
+    python -m se.bin.validate_data_dir "${dirs[@]}" --fs "$fs"
 fi
 
 if in_stages 3; then
   log "Stage 3: train $network in $exp"
-  stage_done "$data/.stage1.$mode.done" "$data_sig" || { log "$data is not made; run stage 1 first"; exit 1; }
+  need_done "$data/.stage1.$mode.done" "$data_sig" "$data is not made; run stage 1 first"
   if $simulate; then train_data=; else train_data=$data/train; fi  # simulate: the conf's simulation: block
-  eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
-  train_sig="$(cksum < "$conf") ${extra[*]} $data_sig"
-  if stage_done "$exp/.stage3.done" "$train_sig"; then
-    log "$exp is trained already with these settings, skipping ($exp/.stage3.done)"
-  else
-    rm -f "$exp/.stage3.done"
-    "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
-      --train-data "$train_data" --valid-data "$data/$valid_set" --exp-dir "$exp" -- "${extra[@]}"
-    mark_done "$exp/.stage3.done" "$train_sig"
-  fi
+  train_stage "$exp" "$conf" "$data_sig" "$train_args" "" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" \
+    --train-data "$train_data" --valid-data "$data/$valid_set"
 fi
 
 if in_stages 4; then
   log "Stage 4: enhance $data/$test_set with the best checkpoint of $exp (causal models: streamed hop by hop)"
-  [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
-  enhance_sig="$(checkpoint_sig "$exp") $data_sig"
-  if stage_done "$exp/enhanced/$test_set/.done" "$enhance_sig"; then
-    log "$exp/enhanced/$test_set is up to date, skipping"
-  else
-    rm -f "$exp/enhanced/$test_set/.done"
-    "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/$test_set" "$exp/enhanced/$test_set"
-    mark_done "$exp/enhanced/$test_set/.done" "$enhance_sig"
-  fi
+  need_model "$exp"
+  enhance_set "$exp" "$data/$test_set" "$data_sig" --cmd "$decode_cmd" --nj "$nj"
 fi
 
 if in_stages 5; then
   log "Stage 5: score noisy and enhanced test audio; write $exp/RESULTS.md"
-  t=$test_set
-  [ -f "$exp/enhanced/$t/.done" ] || { log "no enhanced audio in $exp/enhanced/$t; run stage 4 first"; exit 1; }
-  metrics=${metrics// /,}
-  for kind in noisy enhanced; do
-    if [ $kind = noisy ]; then
-      est=$data/$t/wav.scp score_sig="metrics=$metrics $data_sig"
-    else
-      est=$exp/enhanced/$t/wav.scp score_sig="metrics=$metrics $(cat "$exp/enhanced/$t/.done")"
-    fi
-    if stage_done "$exp/scores/$t/$kind/.done" "$score_sig"; then
-      log "$exp/scores/$t/$kind is up to date, skipping"
-      continue
-    fi
-    rm -f "$exp/scores/$t/$kind/.done"
-    "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --fs "$fs" --metrics "$metrics" \
-      "$data/$t/spk1.scp" "$est" "$exp/scores/$t/$kind"
-    mark_done "$exp/scores/$t/$kind/.done" "$score_sig"
-  done
+  score_set "$exp" "$data/$test_set" "$data/$test_set/spk1.scp" "$metrics" "$data_sig" \
+    --cmd "$score_cmd" --nj "$nj" --fs "$fs"
   compare_opts=()
   for other in $compare; do
     compare_opts+=(--compare "$other=exp/$other/scores")
   done
-  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" --cmd "${run_cmdline% }" \
-    "${compare_opts[@]}"
-  cat "$exp/RESULTS.md"
+  write_results "$exp" "$run_cmdline" "${compare_opts[@]}"
 fi
 
 if in_stages 6; then

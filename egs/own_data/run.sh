@@ -14,7 +14,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
-. "$SE_ROOT/steps/lib/common.sh"
+. "$SE_ROOT/steps/lib/stages.sh"  # (and common.sh)
 
 stage=1                 # first stage to run
 stop_stage=5            # last stage to run
@@ -56,11 +56,8 @@ rir_dir=$(abspath "$rir_dir")
 cd "$(dirname "$0")"
 
 conf=conf/train_${network}.yaml
-if [ ! -f "$conf" ]; then
-  log "no $conf: networks with a config are $(cd conf && printf '%s ' train_*.yaml | sed 's/train_\([^ ]*\)\.yaml/\1/g')"
-  exit 1
-fi
-fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
+need_conf "$conf"
+fs=$(network_fs "$network")
 data=data               # source dirs and fixed sets at $fs Hz (conf/ reads data/{speech,noise,rir}_train)
 [ -n "$tag" ] || tag=$network
 exp=$expdir/$tag
@@ -74,8 +71,7 @@ if in_stages 1; then
     log "the source dirs are prepared already, skipping ($data/.stage1.done)"
   else
     if [ -z "$speech_dir" ] || [ -z "$noise_dir" ]; then
-      log "give --speech-dir and --noise-dir (folders of .wav/.flac files)"
-      exit 1
+      stop "give --speech-dir and --noise-dir (folders of .wav/.flac files)"
     fi
     split=(--holdout "$valid_fraction" "$test_fraction" --fs "$fs" --nj "$nj")
     spk=()
@@ -101,72 +97,31 @@ if in_stages 2; then
   if stage_done "$data/.stage2.done" "$sets_sig"; then
     log "the valid/test sets are made already, skipping ($data/.stage2.done)"
   else
-    stage_done "$data/.stage1.done" "$data_sig" || { log "the source dirs are not prepared; run stage 1 first"; exit 1; }
-    seed=1
-    for set in valid test; do
-      if [ $set = valid ]; then num=$num_valid; else num=$num_test; fi
-      # the training block's SNRs, reverberation and effects; held-out speech, noise and RIRs
-      python -m se.bin.simulate --config "$conf" --seed $seed --num "$num" --length "$sim_length" \
-        --out-dir "$data/${set}_sim" --speech "$data/speech_$set" --noise "$data/noise_$set" \
-        --rir "$data/rir_$set" --prefix "${set}_sim" --overwrite
-      seed=$((seed + 1))
-    done
-    python -m se.bin.validate_data_dir "$data/valid_sim" "$data/test_sim" --fs "$fs"
+    need_done "$data/.stage1.done" "$data_sig" "the source dirs are not prepared; run stage 1 first"
+    simulate_sets "$conf" "$data" speech "" "$num_valid" "$num_test" "$sim_length" "$fs"
     mark_done "$data/.stage2.done" "$sets_sig"
   fi
 fi
 
 if in_stages 3; then
   log "Stage 3: train $network in $exp on data simulated on the fly ($conf)"
-  stage_done "$data/.stage2.done" "$sets_sig" || { log "$data/valid_sim is not made; run stage 2 first"; exit 1; }
-  eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
-  [ -z "$init" ] || extra=(--init "$init" "${extra[@]}")
-  train_sig="$(cksum < "$conf") ${extra[*]} $sets_sig"
-  if stage_done "$exp/.stage3.done" "$train_sig"; then
-    log "$exp is trained already with these settings, skipping ($exp/.stage3.done)"
-  else
-    rm -f "$exp/.stage3.done"
-    "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
-      --valid-data "$data/valid_sim" --exp-dir "$exp" -- "${extra[@]}"
-    mark_done "$exp/.stage3.done" "$train_sig"
-  fi
+  need_done "$data/.stage2.done" "$sets_sig" "$data/valid_sim is not made; run stage 2 first"
+  train_stage "$exp" "$conf" "$sets_sig" "$train_args" "$init" --cmd "$train_cmd" --ngpu "$ngpu" \
+    --num-nodes "$num_nodes" --valid-data "$data/valid_sim"
 fi
 
 if in_stages 4; then
   log "Stage 4: enhance $data/test_sim with the best checkpoint of $exp"
-  [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
-  stage_done "$data/.stage2.done" "$sets_sig" || { log "$data/test_sim is not made; run stage 2 first"; exit 1; }
-  enhance_sig="$(checkpoint_sig "$exp") $sets_sig"
-  if stage_done "$exp/enhanced/test_sim/.done" "$enhance_sig"; then
-    log "$exp/enhanced/test_sim is up to date, skipping"
-  else
-    rm -f "$exp/enhanced/test_sim/.done"
-    "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/test_sim" "$exp/enhanced/test_sim"
-    mark_done "$exp/enhanced/test_sim/.done" "$enhance_sig"
-  fi
+  need_model "$exp"
+  need_done "$data/.stage2.done" "$sets_sig" "$data/test_sim is not made; run stage 2 first"
+  enhance_set "$exp" "$data/test_sim" "$sets_sig" --cmd "$decode_cmd" --nj "$nj"
 fi
 
 if in_stages 5; then
   log "Stage 5: score the noisy and enhanced test audio at $fs Hz; write $exp/RESULTS.md"
-  [ -f "$exp/enhanced/test_sim/.done" ] || { log "no enhanced audio in $exp/enhanced/test_sim; run stage 4 first"; exit 1; }
-  metrics=${metrics// /,}
-  for kind in noisy enhanced; do
-    if [ $kind = noisy ]; then
-      est=$data/test_sim/wav.scp score_sig="metrics=$metrics $sets_sig"
-    else
-      est=$exp/enhanced/test_sim/wav.scp score_sig="metrics=$metrics $(cat "$exp/enhanced/test_sim/.done")"
-    fi
-    if stage_done "$exp/scores/test_sim/$kind/.done" "$score_sig"; then
-      log "$exp/scores/test_sim/$kind is up to date, skipping"
-      continue
-    fi
-    rm -f "$exp/scores/test_sim/$kind/.done"
-    "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --fs "$fs" --metrics "$metrics" \
-      "$data/test_sim/spk1.scp" "$est" "$exp/scores/test_sim/$kind"
-    mark_done "$exp/scores/test_sim/$kind/.done" "$score_sig"
-  done
-  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" --cmd "${run_cmdline% }"
-  cat "$exp/RESULTS.md"
+  score_set "$exp" "$data/test_sim" "$data/test_sim/spk1.scp" "$metrics" "$sets_sig" \
+    --cmd "$score_cmd" --nj "$nj" --fs "$fs"
+  write_results "$exp" "$run_cmdline"
 fi
 
 success

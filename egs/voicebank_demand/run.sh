@@ -16,7 +16,7 @@ set -euo pipefail
 
 # shellcheck disable=SC1091
 . "$(dirname "$0")/../../path.sh"
-. "$SE_ROOT/steps/lib/common.sh"
+. "$SE_ROOT/steps/lib/stages.sh"  # (and common.sh)
 # shellcheck source=SCRIPTDIR/db.sh
 . "$(dirname "$0")/db.sh"
 
@@ -54,15 +54,12 @@ job_runners
 cd "$(dirname "$0")"
 
 if [ -n "$conf" ]; then  # --conf names its network (and so the data rate)
-  [ -f "$conf" ] || { log "no $conf"; exit 1; }
-  network=$(python -c 'import sys; from se.config import load; print(load(sys.argv[1])["network"])' "$conf")
+  [ -f "$conf" ] || stop "no $conf"
+  network=$(conf_network "$conf")
 fi
 [ -n "$conf" ] || conf=conf/train_${network}.yaml
-if [ ! -f "$conf" ]; then
-  log "no $conf: networks with a config are $(cd conf && printf '%s ' train_*.yaml | sed 's/train_\([^ ]*\)\.yaml/\1/g')"
-  exit 1
-fi
-fs=$(python -c "from se.models import network_sampling_rate as r; print(r('$network'))")
+need_conf "$conf"
+fs=$(network_fs "$network")
 data=$datadir/$((fs / 1000))k   # the network's rate: 16k or 48k
 [ -n "$tag" ] || tag=$(basename "$conf" .yaml | sed 's/^train_//')
 exp=$expdir/$tag
@@ -73,10 +70,7 @@ corpus=${vbd_root:-$download_dir}
 use_lists=false
 need_corpus=true
 if [ -n "$train_list$valid_list$test_list" ]; then
-  if [ -z "$train_list" ] || [ -z "$valid_list" ]; then
-    log "--train-list and --valid-list go together"
-    exit 1
-  fi
+  if [ -z "$train_list" ] || [ -z "$valid_list" ]; then stop "--train-list and --valid-list go together"; fi
   use_lists=true
   [ -z "$test_list" ] || need_corpus=false
 fi
@@ -108,9 +102,8 @@ if in_stages 1; then
   if stage_done "$datadir/.stage1.done" "$data_sig"; then
     log "the data dirs are prepared already, skipping ($datadir/.stage1.done)"
   else
-    if $need_corpus && ! stage_done "$datadir/.stage0.done" "$corpus_sig"; then
-      log "$corpus is not verified; run stage 0 first"
-      exit 1
+    if $need_corpus; then
+      need_done "$datadir/.stage0.done" "$corpus_sig" "$corpus is not verified; run stage 0 first"
     fi
     rm -f "$datadir/.stage2.done"
     if $use_lists; then
@@ -134,10 +127,7 @@ if in_stages 2; then
   if stage_done "$datadir/.stage2.done" "$data_sig"; then
     log "the data dirs were validated already, skipping ($datadir/.stage2.done)"
   else
-    if ! stage_done "$datadir/.stage1.done" "$data_sig"; then
-      log "the data dirs are not prepared; run stage 1 first"
-      exit 1
-    fi
+    need_done "$datadir/.stage1.done" "$data_sig" "the data dirs are not prepared; run stage 1 first"
     for rate in $rates; do
       python -m se.bin.validate_data_dir "$datadir/$((rate / 1000))k"/{train,valid,test} --fs "$rate"
     done
@@ -148,58 +138,23 @@ fi
 if in_stages 3; then
   log "Stage 3: train $network on $data/train in $exp"
   for set in train valid; do
-    [ -f "$data/$set/wav.scp" ] || { log "$data/$set is missing; run stage 1 first"; exit 1; }
+    [ -f "$data/$set/wav.scp" ] || stop "$data/$set is missing; run stage 1 first"
   done
-  eval "extra=($train_args)"  # quotes in --train-args group words, as on a command line
-  [ -z "$init" ] || extra=(--init "$init" "${extra[@]}")
-  train_sig="$(cksum < "$conf") ${extra[*]} $data_sig"
-  if stage_done "$exp/.stage3.done" "$train_sig"; then
-    log "$exp is trained already with these settings, skipping ($exp/.stage3.done)"
-  else
-    rm -f "$exp/.stage3.done"
-    "$SE_ROOT/steps/train.sh" --cmd "$train_cmd" --ngpu "$ngpu" --num-nodes "$num_nodes" --config "$conf" \
-      --train-data "$data/train" --valid-data "$data/valid" --exp-dir "$exp" -- "${extra[@]}"
-    mark_done "$exp/.stage3.done" "$train_sig"
-  fi
+  train_stage "$exp" "$conf" "$data_sig" "$train_args" "$init" --cmd "$train_cmd" --ngpu "$ngpu" \
+    --num-nodes "$num_nodes" --train-data "$data/train" --valid-data "$data/valid"
 fi
 
 if in_stages 4; then
   log "Stage 4: enhance $data/test with the best checkpoint of $exp"
-  [ -f "$exp/last_best_checkpoint" ] || { log "$exp has no trained model; run stage 3 first"; exit 1; }
-  [ -f "$data/test/wav.scp" ] || { log "$data/test is missing; run stage 1 first"; exit 1; }
-  enhance_sig="$(checkpoint_sig "$exp") $data_sig"
-  if stage_done "$exp/enhanced/test/.done" "$enhance_sig"; then
-    log "$exp/enhanced/test is up to date, skipping"
-  else
-    rm -f "$exp/enhanced/test/.done"  # the old outputs are replaced as the jobs go
-    "$SE_ROOT/steps/enhance.sh" --cmd "$decode_cmd" --nj "$nj" "$exp" "$data/test" "$exp/enhanced/test"
-    mark_done "$exp/enhanced/test/.done" "$enhance_sig"
-  fi
+  need_model "$exp"
+  [ -f "$data/test/wav.scp" ] || stop "$data/test is missing; run stage 1 first"
+  enhance_set "$exp" "$data/test" "$data_sig" --cmd "$decode_cmd" --nj "$nj"
 fi
 
 if in_stages 5; then
   log "Stage 5: score the noisy and enhanced test audio at $fs Hz; write $exp/RESULTS.md"
-  [ -f "$exp/enhanced/test/.done" ] || { log "no enhanced audio in $exp/enhanced/test; run stage 4 first"; exit 1; }
-  metrics=${metrics// /,}
-  for kind in noisy enhanced; do
-    if [ $kind = noisy ]; then  # the baseline: the same for every model
-      est=$data/test/wav.scp
-      score_sig="metrics=$metrics $data_sig"
-    else
-      est=$exp/enhanced/test/wav.scp
-      score_sig="metrics=$metrics $(cat "$exp/enhanced/test/.done")"
-    fi
-    if stage_done "$exp/scores/test/$kind/.done" "$score_sig"; then
-      log "$exp/scores/test/$kind is up to date, skipping"
-      continue
-    fi
-    rm -f "$exp/scores/test/$kind/.done"
-    "$SE_ROOT/steps/score.sh" --cmd "$score_cmd" --nj "$nj" --fs "$fs" --metrics "$metrics" \
-      "$data/test/spk1.scp" "$est" "$exp/scores/test/$kind"
-    mark_done "$exp/scores/test/$kind/.done" "$score_sig"
-  done
-  python -m se.bin.make_results --exp-dir "$exp" --scores-root "$exp/scores" --cmd "${run_cmdline% }"
-  cat "$exp/RESULTS.md"
+  score_set "$exp" "$data/test" "$data/test/spk1.scp" "$metrics" "$data_sig" --cmd "$score_cmd" --nj "$nj" --fs "$fs"
+  write_results "$exp" "$run_cmdline"
 fi
 
 success

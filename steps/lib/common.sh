@@ -1,15 +1,23 @@
 # shellcheck shell=bash
 # Shell functions shared by the step scripts (steps/*.sh) and the recipes (egs/*/run.sh); sourced
-# right after path.sh (recipes) or at the top (steps):
+# at the top (steps), or right after path.sh through steps/lib/stages.sh (recipes):
 #   . "$SE_ROOT/steps/lib/common.sh"
 # A step script's contract: it echoes "$0 $*" first, prints a usage with an `e.g.:` line and exits 1
-# when its arguments are wrong, checks its inputs (require), and ends with the success line.
+# when its arguments are wrong (check_args), checks its inputs (require), and ends with the success line.
 
-# log MESSAGE: one time-stamped line naming the script and the line that logged it
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"; }
+# log MESSAGE: one time-stamped line naming the script and its line that logged it (for a function of
+# steps/lib/, such as success or a shared stage: the line that called that function)
+log() {
+  local i=1
+  while [[ ${BASH_SOURCE[i]:-} == */steps/lib/* ]]; do i=$((i + 1)); done
+  echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "${BASH_SOURCE[i]:-$0}"):${BASH_LINENO[i - 1]}) $*"
+}
 
 # fail MESSAGE: "<script>: MESSAGE" on stderr, exit status 1
 fail() { echo "$0: $*" >&2; exit 1; }
+
+# check_args N COUNT: the usage ($help_message) on stderr and exit 1 unless COUNT (the script's $#) is N
+check_args() { [ "$2" -eq "$1" ] || { echo "$help_message" >&2; exit 1; }; }
 
 # require PATH [HINT]: stop with "PATH not found; HINT" unless PATH exists (a file or a dir)
 require() { [ -e "$1" ] || fail "$1 not found${2:+; $2}"; }

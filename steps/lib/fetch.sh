@@ -1,5 +1,8 @@
-# Downloads for the corpus scripts (local/download_*.sh); sourced:
+# shellcheck shell=bash
+# Downloads for the corpus scripts (local/download_*.sh); sourced after SE_ROOT is set:
 #   . "$SE_ROOT/steps/lib/fetch.sh"
+# shellcheck disable=SC1091
+. "$SE_ROOT/steps/lib/common.sh"
 
 # fetch URL FILE: download URL into FILE, continuing a partial FILE.
 fetch() {
@@ -11,4 +14,14 @@ fetch() {
     echo "$0: neither wget nor curl is installed" >&2
     return 1
   fi
+}
+
+# fetch_once URL FILE: download URL into FILE unless FILE is there; the download goes into FILE.part
+# first (continued when run again), so FILE exists only once its download has finished. Status 1
+# when the download failed.
+fetch_once() {
+  [ ! -f "$2" ] || return 0
+  log "downloading $1"
+  fetch "$1" "$2.part" || return 1
+  mv "$2.part" "$2"
 }
