@@ -10,7 +10,7 @@ Files of a scores dir D (written by ``python -m se.bin.score``):
 - ``notes.tsv``: ``utt_id kind message`` for every trimmed file or undefined value.
 - ``ref.scp``, ``est.scp``: the scored pairs (absolute paths), ``cmd``: the command.
 
-Every file is written to a temp file and renamed; summary.json is removed first and written
+Every file is written to a temp file and renamed (se.atomic); summary.json is removed first and written
 last, so a dir with a summary.json holds one complete run.
 """
 
@@ -20,8 +20,6 @@ import json
 import math
 import os
 from pathlib import Path
-
-from se.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported: the one atomic writer)
 
 # Packages whose versions go into summary.json and RESULTS.md (se.provenance.versions).
 VERSIONED_PACKAGES = (
