@@ -117,5 +117,17 @@ def rates_sentence(rates: dict) -> str:
     return "; ".join(parts + [f"resampler: {rates.get('resampler', 'unknown')}"])
 
 
+def read_scores_dir(d: str | os.PathLike, files: tuple[str, ...], missing: str
+                    ) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """(columns, rows) of ``d/scores.tsv`` once score dir ``d`` holds every file of ``files``.
+
+    Raises ValueError ``<d>/<file>: <missing>`` for the first file that is not there, or
+    naming the scores.tsv line that is wrong (:func:`read_scores_tsv`)."""
+    for name in files:
+        if not (Path(d) / name).is_file():
+            raise ValueError(f"{Path(d) / name}: {missing}")
+    return read_scores_tsv(Path(d) / "scores.tsv")
+
+
 def read_summary(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
