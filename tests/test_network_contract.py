@@ -12,6 +12,7 @@ import se.models
 from se.models import NetworkEntry, get_entry, network_names, register
 from se.models.example import register as register_example
 from se.models.network import CONTRACT, Network, missing_contract
+from tests.helpers import TINY_FRCRN
 
 
 @pytest.fixture
@@ -84,3 +85,16 @@ def test_contract_names_what_the_tools_read():
     assert {"causal", "inference_dither", "sampling_rate"} <= set(CONTRACT)
     assert Network.causal is False and Network.inference_dither is None
     assert list(Network().state_dict()) == []  # the base class adds no parameters
+
+
+def test_tools_read_causal_plainly():
+    """A causal network is refused by the exporter and streamed by se.enhance; the released one
+    is exportable and refused by the streamer."""
+    from se.export import unsupported_reason
+    from se.models.frcrn import FRCRN
+    from se.stream import StreamingEnhancer
+
+    assert "causal (streaming) FRCRN" in unsupported_reason(FRCRN(**TINY_FRCRN, causal=True))
+    assert unsupported_reason(FRCRN(**TINY_FRCRN)) is None
+    with pytest.raises(ValueError, match="streaming needs a causal FRCRN"):
+        StreamingEnhancer(FRCRN(**TINY_FRCRN).eval())
