@@ -97,7 +97,7 @@ def enhance_batched(model, signals: Iterable[tuple[str, np.ndarray]], batch_size
     """
     if overlap >= segment:
         raise ValueError(f"segment overlap ({overlap}) must be shorter than the segment ({segment})")
-    causal = bool(getattr(model, "causal", False))
+    causal = model.causal
     window: list[tuple[str, np.ndarray]] = []
     pieces = 0
     for item in signals:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from se.atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
+from se.atomic import atomic_write, atomic_write_text
 from se.cli import UserError
 
 log = logging.getLogger(__name__)

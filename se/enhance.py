@@ -57,7 +57,7 @@ def enhance_normalised(model, x: np.ndarray, segment: int, overlap: int, device=
     A causal model (``model.causal``) runs hop by hop through se.stream instead: memory stays
     bounded without segments, and the output is the one a real-time stream gets.
     """
-    if getattr(model, "causal", False):
+    if model.causal:
         from se.stream import enhance_stream
 
         return enhance_stream(model, x)

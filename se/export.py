@@ -331,7 +331,7 @@ def decode_settings(model) -> dict:
 
 def unsupported_reason(model) -> str | None:
     """Why the network ``model`` cannot be exported yet (None: it can)."""
-    if getattr(model, "causal", False):
+    if model.causal:
         return "a causal (streaming) FRCRN, whose export is not supported yet (stream it with se.bin.stream_enhance)"
     return None
 

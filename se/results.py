@@ -10,7 +10,7 @@ Files of a scores dir D (written by ``python -m se.bin.score``):
 - ``notes.tsv``: ``utt_id kind message`` for every trimmed file or undefined value.
 - ``ref.scp``, ``est.scp``: the scored pairs (absolute paths), ``cmd``: the command.
 
-Every file is written to a temp file and renamed; summary.json is removed first and written
+Every file is written to a temp file and renamed (se.atomic); summary.json is removed first and written
 last, so a dir with a summary.json holds one complete run.
 """
 
@@ -20,8 +20,6 @@ import json
 import math
 import os
 from pathlib import Path
-
-from se.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported: the one atomic writer)
 
 # Packages whose versions go into summary.json and RESULTS.md (se.provenance.versions).
 VERSIONED_PACKAGES = (
@@ -117,6 +115,18 @@ def rates_sentence(rates: dict) -> str:
         by_rate.setdefault(where, []).append(name)
     parts = [f"{'/'.join(names)} at {where}" for where, names in by_rate.items()]
     return "; ".join(parts + [f"resampler: {rates.get('resampler', 'unknown')}"])
+
+
+def read_scores_dir(d: str | os.PathLike, files: tuple[str, ...], missing: str
+                    ) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """(columns, rows) of ``d/scores.tsv`` once score dir ``d`` holds every file of ``files``.
+
+    Raises ValueError ``<d>/<file>: <missing>`` for the first file that is not there, or
+    naming the scores.tsv line that is wrong (:func:`read_scores_tsv`)."""
+    for name in files:
+        if not (Path(d) / name).is_file():
+            raise ValueError(f"{Path(d) / name}: {missing}")
+    return read_scores_tsv(Path(d) / "scores.tsv")
 
 
 def read_summary(path: str | os.PathLike) -> dict:

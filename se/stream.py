@@ -38,7 +38,7 @@ class StreamingEnhancer:
     """
 
     def __init__(self, model: FRCRN):
-        if not getattr(model, "causal", False):
+        if not model.causal:
             raise ValueError("streaming needs a causal FRCRN (network_kwargs causal: true); "
                              "the released network looks ahead in time and averages whole utterances")
         if model.training:

@@ -45,6 +45,16 @@ def write_pairs(root: Path, count: int, seconds: float, fs: int, seed: int = 0, 
     return pairs
 
 
+def assert_close(ours, ref, rel: float) -> None:
+    """Same shape and max |ours - ref| <= rel * max(1, max |ref|), compared in float64."""
+    ours = np.asarray(ours, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape
+    bound = rel * max(1.0, float(np.abs(ref).max()))
+    err = float(np.abs(ours - ref).max())
+    assert err <= bound, f"max |diff| {err:.3g} > {bound:.3g}"
+
+
 def make_dir(root: Path, name: str, count: int, seconds: float, fs: int, seed: int = 0):
     pairs = write_pairs(root / "audio" / name, count, seconds, fs, seed, prefix=f"{name}_")
     return make_data_dir(pairs, root / "data" / name, fs)
@@ -62,10 +72,12 @@ TINY_FRCRN = {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}
 TINY_FRCRN_YAML = "{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}"
 
 
-def make_train_valid(root: Path) -> Path:
-    """12 training and 5 validation pairs of 0.6 s at 16 kHz as data dirs ``<root>/data/{train,valid}``."""
-    make_dir(root, "train", 12, 0.6, 16000, seed=1)
-    make_dir(root, "valid", 5, 0.6, 16000, seed=100)
+def make_train_valid(root: Path, train: int = 12, valid: int = 5, seconds: float = 0.6,
+                     valid_seed: int = 100) -> Path:
+    """``train`` training and ``valid`` validation pairs of ``seconds`` at 16 kHz as data dirs
+    ``<root>/data/{train,valid}`` (default: 12 and 5 of 0.6 s)."""
+    make_dir(root, "train", train, seconds, 16000, seed=1)
+    make_dir(root, "valid", valid, seconds, 16000, seed=valid_seed)
     return root / "data"
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from benchmarks.bench_frcrn import literal_forward
+from helpers import assert_close
 from release_checkpoints import load_manifest, release_state_dict, write_release_checkpoint
 
 from se.audio import audio_norm
@@ -33,15 +34,6 @@ NPZ_CONSTANTS = {"stft.weight": "stft_weight", "istft.weight": "istft_weight",
 FILL_SUM = 70456.06927200018  # fingerprint of the filled release state dict (tests/data/README.md)
 TRAINABLE = 13_141_844  # FRCRN_SE_16K.md §1
 TINY = {"channels": 8, "fsmn_hidden": 8, "lorder": 20}
-
-
-def _close(ours, ref, rel):
-    ours = np.asarray(ours, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    assert ours.shape == ref.shape
-    bound = rel * max(1.0, float(np.abs(ref).max()))
-    err = float(np.abs(ours - ref).max())
-    assert err <= bound, f"max |diff| {err:.3g} > {bound:.3g}"
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +143,9 @@ def test_forward_parity_float64(released, parity, impl):
     model = _as(impl, released).double()
     with torch.no_grad():
         spec, wav, mask = model(torch.from_numpy(parity["forward_input"]).double())
-    _close(spec, parity["forward_est_spec_f64"], 1e-9)
-    _close(wav, parity["forward_est_wav_f64"], 1e-9)
-    _close(mask, parity["forward_est_mask_f64"], 1e-9)
+    assert_close(spec, parity["forward_est_spec_f64"], 1e-9)
+    assert_close(wav, parity["forward_est_wav_f64"], 1e-9)
+    assert_close(mask, parity["forward_est_mask_f64"], 1e-9)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -165,10 +157,10 @@ def test_clearvoice_decode_parity_float32(released, parity, impl):
     assert scalar == pytest.approx(float(parity["decode_scalar"]), rel=1e-12)
     model_out = released.decode_normalized(x.astype(np.float32))
     assert model_out.dtype == np.float32
-    _close(model_out, parity["decode_model_output"], 2e-4)
+    assert_close(model_out, parity["decode_model_output"], 2e-4)
     out = released.clearvoice_decode(raw)
     assert out.dtype == np.float64
-    _close(out, parity["decode_output"], 2e-4)
+    assert_close(out, parity["decode_output"], 2e-4)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -191,7 +183,7 @@ def test_enhance_cli_clearvoice_compat_parity(release_sd, parity, impl, tmp_path
     assert len(calls) == (impl == "kernels")
     y, fs = sf.read(tmp_path / "out" / "parity_input.wav")
     assert fs == 16000
-    _close(y, parity["decode_output"], 2e-4)
+    assert_close(y, parity["decode_output"], 2e-4)
 
 
 def test_segmented_decode_follows_the_reference_windows():
@@ -379,7 +371,7 @@ def test_long_sequences_use_several_memory_blocks():
         ours = model(x)
         ref = literal_forward(model, x)
     for a, b in zip(ours, ref):
-        _close(a, b, 1e-9)
+        assert_close(a, b, 1e-9)
 
 
 def test_bad_input_rank_raises_with_shape():

@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from se import config
 from se.models import build_network, get_entry, resolve
 from se.trainer import Dist, Trainer, build_train_step, resolve_config, set_deterministic
-from tests.helpers import make_dir, tone_pair
+from tests.helpers import make_train_valid, tone_pair
 
 REPO = Path(__file__).resolve().parents[1]
 FRCRN_TINY = {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}
@@ -81,10 +81,7 @@ def _scenarios_rank(rank: int, world: int, data: Path, root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dir(root, "train", 4, 0.4, 16000, seed=1)
-    make_dir(root, "valid", 2, 0.4, 16000, seed=50)
-    return root / "data"
+    return make_train_valid(tmp_path_factory.mktemp("data"), train=4, valid=2, seconds=0.4, valid_seed=50)
 
 
 @pytest.fixture(scope="module")

@@ -53,13 +53,18 @@ def test_failing_writer_keeps_old_file_and_leaves_no_temp(tmp_path):
 
 
 def test_failing_rename_leaves_no_temp_and_no_new_file(tmp_path, monkeypatch):
+    atomic_write_text(tmp_path / "summary.json", "old\n")
+
     def boom(*_):
         raise OSError("rename failed")
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="rename failed"):
         atomic_write_text(tmp_path / "new.txt", "x\n")
-    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError, match="rename failed"):
+        atomic_write_text(tmp_path / "summary.json", "new\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+    assert (tmp_path / "summary.json").read_text() == "old\n"
 
 
 def test_file_and_directory_are_fsynced(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close
 from release_checkpoints import load_manifest, release_state_dict, write_release_checkpoint
 
 from se.models import build_network, get_entry, resolve
@@ -39,15 +40,6 @@ FINGERPRINTS = {
 TRAINABLE = {GEN: 3_128_447, DISC: 8_121_331}  # MossFormerGAN_SE_16K.md
 TINY_G = {"num_channel": 8, "num_blocks": 1, "dropout": 0.0}
 TINY_D = {"ndf": 2, "num_conformers": 1, "pool_hidden": 8}
-
-
-def _close(ours, ref, rel):
-    ours = np.asarray(ours, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    assert ours.shape == ref.shape
-    bound = rel * max(1.0, float(np.abs(ref).max()))
-    err = float(np.abs(ours - ref).max())
-    assert err <= bound, f"max |diff| {err:.3g} > {bound:.3g}"
 
 
 def _fingerprint(sd):
@@ -122,8 +114,8 @@ def test_generator_forward_float64_parity(release_generator, ref):
     model.load_state_dict(release_generator.state_dict())
     with torch.no_grad():
         real, imag = model(torch.from_numpy(ref["forward_input"]).double())
-    _close(real.numpy(), ref["forward_out_real_f64"], 1e-9)
-    _close(imag.numpy(), ref["forward_out_imag_f64"], 1e-9)
+    assert_close(real.numpy(), ref["forward_out_real_f64"], 1e-9)
+    assert_close(imag.numpy(), ref["forward_out_imag_f64"], 1e-9)
 
 
 def test_discriminator_float64_parity(release_discriminator, ref):
@@ -134,21 +126,21 @@ def test_discriminator_float64_parity(release_discriminator, ref):
         y = torch.from_numpy(ref["disc_input_y"]).double()
         out = disc(x, y)
         out_xx = disc(x, x)
-    _close(out.numpy(), ref["disc_output_f64"], 1e-9)
-    _close(out_xx.numpy(), ref["disc_output_xx"], 2e-4)
+    assert_close(out.numpy(), ref["disc_output_f64"], 1e-9)
+    assert_close(out_xx.numpy(), ref["disc_output_xx"], 2e-4)
 
 
 def test_clearvoice_decode_parity(release_generator, ref):
     y = release_generator.clearvoice_decode(ref["decode_raw_input"])
     assert y.dtype == np.float64 and y.shape == ref["decode_output"].shape
-    _close(y, ref["decode_output"], 2e-4)
+    assert_close(y, ref["decode_output"], 2e-4)
 
 
 def test_spectrum_matches_reference_input(release_generator, ref):
     x = torch.from_numpy(ref["forward_waveform"])
     c = MossFormerGAN.norm_factor(x)
-    _close(c[:, 0].numpy(), ref["forward_c"], 1e-6)
-    _close(release_generator.spectrum(x * c).numpy(), ref["forward_input"], 1e-5)
+    assert_close(c[:, 0].numpy(), ref["forward_c"], 1e-6)
+    assert_close(release_generator.spectrum(x * c).numpy(), ref["forward_input"], 1e-5)
 
 
 # ---------------------------------------------------------------------------------- alignment
@@ -164,7 +156,7 @@ def test_enhance_is_aligned_and_keeps_length():
     x = torch.randn(2, 16037, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.1
     y = model.double().enhance(x)
     assert y.shape == x.shape
-    _close(y.numpy(), x.numpy(), 1e-9)  # no delay, last samples present
+    assert_close(y.numpy(), x.numpy(), 1e-9)  # no delay, last samples present
 
 
 def test_clearvoice_pass_is_delayed_by_half_a_window():
@@ -173,7 +165,7 @@ def test_clearvoice_pass_is_delayed_by_half_a_window():
     with torch.no_grad():
         y = model._clearvoice_pass(x)
     assert y.shape == x.shape
-    _close(y[0, 200:].numpy(), x[0, :-200].numpy(), 1e-9)  # the reference's 200-sample delay
+    assert_close(y[0, 200:].numpy(), x[0, :-200].numpy(), 1e-9)  # the reference's 200-sample delay
 
 
 def test_clearvoice_segmented_decode_stitches_windows():
@@ -184,7 +176,7 @@ def test_clearvoice_segmented_decode_stitches_windows():
     raw = np.random.default_rng(3).standard_normal(n) * 0.05
     y = model.clearvoice_decode(raw)
     assert y.shape == (n,)
-    _close(y[200:], raw[:-200], 1e-5)  # float32 path, delayed by 200 samples everywhere
+    assert_close(y[200:], raw[:-200], 1e-5)  # float32 path, delayed by 200 samples everywhere
 
 
 @pytest.mark.parametrize("n,want", [(8000, 16000), (16000, 28000), (27999, 28000), (28000, 28000),
@@ -250,7 +242,7 @@ def test_time_loss_uses_predicted_real_part():
     est = time_domain_estimate(model, real, imag, S, clean.shape[-1], "fixed")
     (g_real,) = torch.autograd.grad(est.abs().sum(), [real])
     assert g_real.abs().max() > 0  # the fixed time loss trains the real part
-    _close(est.detach().numpy(), clean.numpy(), 1e-4)  # and is aligned with the clean signal
+    assert_close(est.detach().numpy(), clean.numpy(), 1e-4)  # and is aligned with the clean signal
     est_cv = time_domain_estimate(model, real, imag, S, clean.shape[-1], "clearvoice")
     assert not est_cv.requires_grad or torch.autograd.grad(
         est_cv.abs().sum(), [real], allow_unused=True)[0] is None  # reference bug 1

@@ -17,7 +17,7 @@ from helpers import REPO, SCORING_DATA
 from se.bin import make_results
 from se.bin import score as score_cli
 from se.resample import resample
-from se.results import atomic_write_text, read_scores_tsv
+from se.results import read_scores_tsv
 
 FS = 16000
 UTTS = ("utt_a", "utt_b", "utt_c", "utt_d")
@@ -262,20 +262,6 @@ def test_cli_error_exit_code_without_traceback(data, tmp_path):
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
     assert "ref.scp line 1" in res.stderr and "missing.wav" in res.stderr
-
-
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
-    target = tmp_path / "summary.json"
-    atomic_write_text(target, "old\n")
-
-    def boom(*_):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
-        atomic_write_text(target, "new\n")
-    assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
 # --------------------------------------------------------------------------- steps/score.sh

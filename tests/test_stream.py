@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from benchmarks.bench_frcrn import _lit_conv, _lit_fsmn_l1, _lit_fsmn_time
+from benchmarks.bench_frcrn import _lit_bn_act, _lit_unet
 from release_checkpoints import load_manifest, release_state_dict, write_release_checkpoint
 
 from se.audio import norm_gain
@@ -51,14 +51,10 @@ def _signal(seconds, seed=0):
 # ---------------------------------------------------------------------------------------------
 # plain per-layer transcription of the causal network: real/imag planes (B, C, F, T, 2), four
 # real convolutions per complex one, explicit past-side padding, per-tap transposed
-# convolutions, per-frame SE running means (shares only the FSMN transcription with the
-# parity baseline of tests/benchmarks/bench_frcrn.py; the FSMNs are causal already)
+# convolutions, per-frame SE running means (shares the U-Net wiring, the BN + activation and
+# the FSMN transcription with the parity baseline of tests/benchmarks/bench_frcrn.py; the
+# FSMNs are causal already)
 # ---------------------------------------------------------------------------------------------
-def _plain_bn_act(block, y):
-    y = torch.stack([block.bn.bn_re(y[..., 0]), block.bn.bn_im(y[..., 1])], -1)
-    return F.leaky_relu(y, 0.01)
-
-
 def _plain_encoder(block, x):  # (B, C, F, T, 2): pad one frame in the past, none in the future
     re, im = block.conv.conv_re, block.conv.conv_im
 
@@ -66,7 +62,7 @@ def _plain_encoder(block, x):  # (B, C, F, T, 2): pad one frame in the past, non
         return F.conv2d(F.pad(v, (1, 0)), layer.weight, layer.bias, layer.stride)
 
     y = torch.stack([conv(re, x[..., 0]) - conv(im, x[..., 1]), conv(re, x[..., 1]) + conv(im, x[..., 0])], -1)
-    return _plain_bn_act(block, y)
+    return _lit_bn_act(block, y)
 
 
 def _plain_decoder(block, x):  # out[t] = W[.., 0] in[t] + W[.., 1] in[t - 1]
@@ -78,7 +74,7 @@ def _plain_decoder(block, x):  # out[t] = W[.., 0] in[t] + W[.., 1] in[t - 1]
         return out + F.pad(past, (1, 0))[..., :-1]
 
     y = torch.stack([tconv(re, x[..., 0]) - tconv(im, x[..., 1]), tconv(re, x[..., 1]) + tconv(im, x[..., 0])], -1)
-    return _plain_bn_act(block, y)
+    return _lit_bn_act(block, y)
 
 
 def _plain_se(mod, x, decay):  # (B, C, F, T, 2), gate of frame t from frames <= t
@@ -93,22 +89,7 @@ def _plain_se(mod, x, decay):  # (B, C, F, T, 2), gate of frame t from frames <=
 
 
 def _plain_unet(u, x, decay):
-    skips, h = [x], x
-    for i in range(7):
-        if i > 0:
-            h = _lit_fsmn_l1(getattr(u, f"fsmn_enc{i}"), h)
-        h = _plain_encoder(getattr(u, f"encoder{i}"), h)
-        skips.append(_plain_se(getattr(u, f"se_layer_enc{i}"), h, decay))
-    p = _lit_fsmn_time(u.fsmn, h)
-    for i in range(7):
-        p = _plain_decoder(getattr(u, f"decoder{i}"), p)
-        if i == 6:
-            break
-        p = _lit_fsmn_l1(getattr(u, f"fsmn_dec{i}"), p)
-        if i < 5:
-            p = _plain_se(getattr(u, f"se_layer_dec{i}"), p, decay)
-        p = torch.cat([p, skips[6 - i]], 1)
-    return _lit_conv(u.linear, p)
+    return _lit_unet(u, x, _plain_encoder, _plain_decoder, lambda mod, h: _plain_se(mod, h, decay))
 
 
 def _plain_forward(model, x):

@@ -23,7 +23,7 @@ from se import checkpoint as ckpt
 from se import config
 from se.data import DataDirError
 from se.trainer import Dist, Trainer, resolve_config
-from tests.helpers import make_dir
+from tests.helpers import make_dir, make_train_valid
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}
@@ -31,10 +31,7 @@ TINY = {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dir(root, "train", 4, 0.4, 16000, seed=1)
-    make_dir(root, "valid", 2, 0.4, 16000, seed=50)
-    return root / "data"
+    return make_train_valid(tmp_path_factory.mktemp("data"), train=4, valid=2, seconds=0.4, valid_seed=50)
 
 
 def trainer(data, exp, train="train", **overrides) -> Trainer:

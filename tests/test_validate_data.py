@@ -150,20 +150,19 @@ def test_read_audio_refuses_non_finite_and_write_audio_never_writes_it(tmp_path)
 def test_files_get_normal_permissions(tmp_path):
     import torch
 
-    from se.checkpoint import atomic_torch_save, atomic_write_text, save_checkpoint
-    from se.results import atomic_write_text as results_write
+    from se.atomic import atomic_write_text
+    from se.checkpoint import atomic_torch_save, save_checkpoint
 
     old = os.umask(0o022)
     try:
         write_audio(tmp_path / "a.wav", np.zeros(100), FS)
         atomic_write_text(tmp_path / "t.txt", "x\n")
-        results_write(tmp_path / "r.txt", "x\n")
         atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "m.pt")
         save_checkpoint(tmp_path / "exp", {"epoch": 1, "step": 2, "model": {}}, True, 1, 1)
     finally:
         os.umask(old)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 7
+    assert len(files) == 6
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
 

@@ -141,7 +141,7 @@ def enhance_in_batches(model, items, durations, read, write, label, args, segmen
 
     log.info("batches of up to %d pieces, %s", args.batch_size,
              f"every piece zero-padded to a multiple of {args.length_quantum:g} s" if quantum else
-             "pieces of any length (causal network: padding changes nothing)" if getattr(model, "causal", False)
+             "pieces of any length (causal network: padding changes nothing)" if model.causal
              else "only pieces of equal length together (--length-quantum pads files so that more of them do)")
     clipped = 0
     try:
@@ -173,12 +173,12 @@ def _main(argv: list[str]) -> int:
     durations = check_inputs(items)
     device = cli.check_device("cpu" if args.backend == "onnxruntime" else args.device)
     model, info = load_for_enhance(args.checkpoint, args.model_dir, args.backend, args.network, device, args.threads)
-    if hasattr(model, "inference_dither"):
+    if model.inference_dither is not None:  # a network with an fbank front end
         model.inference_dither = args.fbank_dither
     rate = get_entry(info["network"]).sampling_rate
     log.info("%s from %s (%s format, %s backend), %s decode path, %d file(s)", info["network"], info["file"],
              info["format"], args.backend, "ClearVoice" if args.clearvoice_compat else
-             "streaming (causal)" if getattr(model, "causal", False) else "default", len(items))
+             "streaming (causal)" if model.causal else "default", len(items))
     batched = args.batch_size > 1 or args.length_quantum > 0
     if batched and args.clearvoice_compat:
         raise cli.UserError("--batch-size and --length-quantum apply to the default decode path; "

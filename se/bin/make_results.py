@@ -42,17 +42,14 @@ def find_test_sets(scores_root: Path) -> list[str]:
 
 
 def load_set(scores_root: Path, test_set: str) -> dict:
-    from se.results import read_scores_tsv, read_summary
+    from se.results import read_scores_dir, read_summary
 
     out = {}
     for kind in (BASELINE, SYSTEM):
         d = scores_root / test_set / kind
-        for name in ("summary.json", "scores.tsv"):
-            if not (d / name).is_file():
-                hint = " (score the unprocessed noisy input too: it is the baseline row)" if kind == BASELINE else ""
-                raise ResultsError(f"{d / name}: not found{hint}")
+        hint = " (score the unprocessed noisy input too: it is the baseline row)" if kind == BASELINE else ""
         try:
-            columns, rows = read_scores_tsv(d / "scores.tsv")
+            columns, rows = read_scores_dir(d, ("summary.json", "scores.tsv"), f"not found{hint}")
         except ValueError as exc:
             raise ResultsError(str(exc)) from exc
         out[kind] = {"dir": d, "summary": read_summary(d / "summary.json"), "columns": columns, "rows": rows}
@@ -86,17 +83,15 @@ def _fmt(v) -> str:
 def load_compare(spec: str, test_set: str, data: dict) -> tuple[str, dict]:
     """``LABEL=SCORES_ROOT`` -> (label, enhanced summary of that experiment on ``test_set``),
     checked to cover the same utterances as this experiment."""
-    from se.results import read_scores_tsv, read_summary
+    from se.results import read_scores_dir, read_summary
 
     label, sep, root = spec.partition("=")
     if not sep or not label or not root:
         raise ResultsError(f"--compare {spec!r}: expected LABEL=SCORES_ROOT, e.g. offline=exp/FRCRN_SE_16K/scores")
     d = Path(root) / test_set / SYSTEM
-    for name in ("summary.json", "scores.tsv"):
-        if not (d / name).is_file():
-            raise ResultsError(f"{d / name}: not found (--compare {spec}: score that experiment on {test_set} first)")
     try:
-        _, rows = read_scores_tsv(d / "scores.tsv")
+        _, rows = read_scores_dir(d, ("summary.json", "scores.tsv"),
+                                  f"not found (--compare {spec}: score that experiment on {test_set} first)")
     except ValueError as exc:
         raise ResultsError(str(exc)) from exc
     if set(rows) != set(data[SYSTEM]["rows"]):

@@ -279,16 +279,14 @@ def split_part(pairs: list[Pair], n: int, j: int) -> list[Pair]:
 
 def merge_parts(out_dir: Path, n: int, pairs: list[Pair]):
     """Read D/split/1..n/; every pair must be scored exactly once with the same columns."""
-    from se.results import read_scores_tsv
+    from se.results import read_scores_dir
 
     columns, rows, notes, rates = None, {}, {}, {}
     for j in range(1, n + 1):
         part = out_dir / "split" / str(j)
-        for name in ("scores.tsv", "notes.tsv", "rates.json"):
-            if not (part / name).is_file():
-                raise ScoreError(f"{part / name}: missing: job {j} of {n} did not finish (see its log)")
         try:
-            cols, part_rows = read_scores_tsv(part / "scores.tsv")
+            cols, part_rows = read_scores_dir(part, ("scores.tsv", "notes.tsv", "rates.json"),
+                                              f"missing: job {j} of {n} did not finish (see its log)")
         except ValueError as exc:
             raise ScoreError(str(exc)) from exc
         if columns is None:

@@ -1,16 +1,24 @@
 """Network registry: one place that maps a network name to its builder.
 
 The released networks are the :class:`NetworkEntry` rows of ``_REGISTRY`` below; another
-network is added with :func:`register`. A network class implements this contract (se/models/example.py is a small complete example; se/models/frcrn.py
-the reference implementation). Required:
+network is added with :func:`register`. A network class subclasses
+:class:`se.models.network.Network` and implements this contract (se/models/example.py is a
+small complete example; se/models/frcrn.py the reference implementation); the registry checks
+it when it hands out the class (:meth:`NetworkEntry.network_class`). Required:
 
 * ``sampling_rate`` (class attribute): the rate the network works at.
 * ``CONFIG_KEYS`` (class attribute): the network's own configuration keys, name ->
   :class:`ConfigKey` (``{}`` when it has none). They join the global keys of se/config.py in
   a config that names this network, and only there.
-* ``from_config(conf) -> nn.Module`` and ``config_kwargs(conf) -> dict`` (classmethods): one
-  line each, ``build_from_config(cls, conf)`` and ``constructor_kwargs(cls, conf)``; the
-  kwargs are stored in checkpoints (self-describing), see :func:`constructor_kwargs`.
+* ``causal`` (bool) and ``inference_dither`` (float, or None without an fbank front end):
+  declared by ``Network`` as False and None; a network that differs overrides them (FRCRN
+  sets ``causal`` from its constructor, MossFormer2 has an fbank dither). The tools read
+  them plainly: a causal network is streamed hop by hop (se.stream), and
+  ``se.bin.enhance --fbank-dither`` sets ``inference_dither`` when it is not None.
+* ``from_config(conf) -> nn.Module`` and ``config_kwargs(conf) -> dict`` (classmethods):
+  inherited from ``Network`` (``build_from_config(cls, conf)`` and
+  ``constructor_kwargs(cls, conf)``); the kwargs are stored in checkpoints (self-describing),
+  see :func:`constructor_kwargs`.
 * ``loss(noisy, clean) -> (loss, parts)``: training loss for a (B, L) batch in which
   noisy and clean carry the SAME gain; ``parts`` maps names to float tensors for logging.
 * ``enhance(noisy) -> Tensor``: aligned, deterministic enhancement of a normalised (B, L)
@@ -53,7 +61,15 @@ class NetworkEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def network_class(self):
-        return getattr(importlib.import_module(self.module), self.cls_name)
+        """The network class, checked against the contract (TypeError naming what it lacks)."""
+        from se.models.network import missing_contract
+
+        cls = getattr(importlib.import_module(self.module), self.cls_name)
+        missing = missing_contract(cls)
+        if missing:
+            raise TypeError(f"network {self.name} ({self.module}.{self.cls_name}) does not implement the network "
+                            f"contract of se/models/__init__.py; it lacks: {', '.join(missing)}")
+        return cls
 
 
 _REGISTRY: dict[str, NetworkEntry] = {

@@ -1,6 +1,7 @@
 """Example_Mask_SE_16K: a small, readable masking network that shows what a network needs.
 
-Read this file when adding a network of your own; the contract is in se/models/__init__.py.
+Read this file when adding a network of your own: a network subclasses se.models.network.Network,
+and the contract is in se/models/__init__.py.
 The network: STFT -> log-compressed magnitude -> a few 1-D convolutions over time (the
 frequency bins are the channels) -> a sigmoid mask on the magnitude, the noisy phase kept ->
 inverse STFT. It is not a good enhancer (no recurrence, no phase estimate); it trains in
@@ -18,13 +19,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from se.models import ConfigKey, NetworkEntry, build_from_config, constructor_kwargs
+from se.models import ConfigKey, NetworkEntry
 from se.models import register as register_entry
+from se.models.network import Network
 
 NAME = "Example_Mask_SE_16K"
 
 
-class MaskNet(nn.Module):
+class MaskNet(Network):
     """Magnitude-mask network.
 
     Args:
@@ -40,6 +42,10 @@ class MaskNet(nn.Module):
     # config key of this network only, passed to the constructor keyword of the same name).
     sampling_rate = 16000
     CONFIG_KEYS: dict[str, ConfigKey] = {}
+    # Inherited from Network, overridden only by a network that differs: ``causal = False``
+    # (True: output sample t depends on input up to t only; the tools stream it hop by hop)
+    # and ``inference_dither = None`` (no fbank front end), and the classmethods
+    # ``from_config(conf)`` / ``config_kwargs(conf)`` that build it from a config.
 
     def __init__(self, win_len: int = 512, win_inc: int = 128, fft_len: int = 512, win_type: str = "hann",
                  channels: int = 64, layers: int = 3, kernel: int = 5):
@@ -56,15 +62,6 @@ class MaskNet(nn.Module):
         self.hidden = nn.ModuleList(nn.Conv1d(cin, cout, kernel, padding=kernel // 2)
                                     for cin, cout in zip(sizes[:-1], sizes[1:]))
         self.to_mask = nn.Conv1d(sizes[-1], bins, 1)
-
-    # Required: one line each, through the shared schema helper (se/models/__init__.py).
-    @classmethod
-    def config_kwargs(cls, conf: dict) -> dict:
-        return constructor_kwargs(cls, conf)
-
-    @classmethod
-    def from_config(cls, conf: dict) -> "MaskNet":
-        return build_from_config(cls, conf)
 
     # Required only to fine-tune from a file (init_checkpoint_path): maps a ClearVoice release
     # state dict to this module's keys. This network has no release: keys are already ours.

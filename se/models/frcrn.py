@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from se.audio import audio_norm
-from se.models import ConfigKey, build_from_config, constructor_kwargs
+from se.models import ConfigKey
+from se.models.network import Network
 from se.precision import float32
 
 # (kernel, stride, padding) as (frequency, time) of the 7 encoder and 7 decoder stages
@@ -472,7 +473,7 @@ def _frequency_sizes(bins: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # the network
 # ---------------------------------------------------------------------------------------------
-class FRCRN(nn.Module):
+class FRCRN(Network):
     """FRCRN speech enhancement (ClearVoice FRCRN_SE_16K; class DCCRN in the reference).
 
     Two complex convolutional encoder-decoders (paper §2.1, "CCED") refine a complex ratio
@@ -551,16 +552,6 @@ class FRCRN(nn.Module):
 
     # -- construction from configs --------------------------------------------------------
     CONFIG_KEYS: dict[str, ConfigKey] = {}  # none of its own: the global STFT keys + network_kwargs
-
-    @classmethod
-    def config_kwargs(cls, conf: dict) -> dict:
-        """Constructor kwargs of a resolved config (se.models.constructor_kwargs)."""
-        return constructor_kwargs(cls, conf)
-
-    @classmethod
-    def from_config(cls, conf: dict) -> "FRCRN":
-        """Network of a resolved config (se.models.build_from_config)."""
-        return build_from_config(cls, conf)
 
     # -- checkpoints ------------------------------------------------------------------------
     _ALIASES = {"encoders": "encoder", "decoders": "decoder", "se_layers_enc": "se_layer_enc",

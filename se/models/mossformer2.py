@@ -38,9 +38,10 @@ from torch import nn
 
 from se.audio import audio_norm
 from se.features import MAX_WAV_VALUE, FbankFeatures, WorkerFeatures, covering_length
-from se.models import ConfigKey, build_from_config, constructor_kwargs, network_conf
-from se.precision import float32
+from se.models import ConfigKey, network_conf
 from se.models.mossformer2_blocks import MossformerBlockGFSMN, ScaledSinuEmbedding
+from se.models.network import Network
+from se.precision import float32
 
 EPS = 1e-6  # ClearVoice's loss epsilon
 
@@ -105,7 +106,7 @@ class MossFormerMaskNet(nn.Module):
         return x[:, 0].transpose(1, 2)  # first "speaker": (B, S, F)
 
 
-class MossFormer2SE(nn.Module):
+class MossFormer2SE(Network):
     """MossFormer2 speech enhancement at 48 kHz (ClearVoice MossFormer2_SE_48K).
 
     Args (defaults = the released model; paper section 2 / ClearVoice config):
@@ -129,6 +130,7 @@ class MossFormer2SE(nn.Module):
     """
 
     sampling_rate = 48000
+    inference_dither = 0.0  # fbank dither of enhance (deterministic); se.bin.enhance --fbank-dither sets it
 
     def __init__(self, num_blocks: int = 24, width: int = 512, group_size: int = 256,
                  query_key_dim: int = 128, expansion_factor: float = 4.0, fsmn_inner: int = 256,
@@ -146,7 +148,6 @@ class MossFormer2SE(nn.Module):
             raise ValueError(f"fft_len ({fft_len}) must be >= win_len ({win_len})")
         self.win_len, self.win_inc, self.fft_len = int(win_len), int(win_inc), int(fft_len)
         self.fbank_dither = float(fbank_dither)
-        self.inference_dither = 0.0  # se.bin.enhance --fbank-dither sets it
         self.one_time_decode_length = float(one_time_decode_length)
         self.decode_window = float(decode_window)
         self.features = FbankFeatures(sampling_rate, win_len, win_inc, num_mels, win_type, fbank_dither)
@@ -163,16 +164,6 @@ class MossFormer2SE(nn.Module):
         "num_mels": ConfigKey(60, "mel bins of the fbank front end", minimum=1),
         "fbank_dither": ConfigKey(1.0, "fbank dither during training (enhancement: none)", minimum=0),
     }
-
-    @classmethod
-    def config_kwargs(cls, conf: dict) -> dict:
-        """Constructor kwargs of a resolved config (se.models.constructor_kwargs)."""
-        return constructor_kwargs(cls, conf)
-
-    @classmethod
-    def from_config(cls, conf: dict) -> "MossFormer2SE":
-        """Network of a resolved config (se.models.build_from_config)."""
-        return build_from_config(cls, conf)
 
     @classmethod
     def data_features(cls, conf: dict) -> WorkerFeatures:

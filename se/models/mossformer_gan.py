@@ -49,9 +49,10 @@ from torch.utils.checkpoint import checkpoint
 from se.allocator import release_after_each, release_after_step
 from se.audio import audio_norm
 from se.checkpoint import torch_load
-from se.models import ConfigKey, build_from_config, constructor_kwargs
+from se.models import ConfigKey
 from se.models.metric_discriminator import MetricDiscriminator, _check_keys
 from se.models.mossformer_gan_blocks import ComplexDecoder, DenseEncoder, MaskDecoder, SyncANetBlock
+from se.models.network import Network
 from se.train_step import LossForward, TrainStep, unwrap
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def power_uncompress(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
     return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
 
 
-class MossFormerGAN(nn.Module):
+class MossFormerGAN(Network):
     """SyncANet generator of MossFormerGAN_SE_16K (state-dict keys of the release, no prefix).
 
     Args (CMGAN generator, Cao et al. 2022, sec. 2, with MossFormerGAN's SyncANet blocks;
@@ -148,16 +149,6 @@ class MossFormerGAN(nn.Module):
                                   kwarg=False, minimum=0),
         "valid_pesq": ConfigKey(False, "also compute PESQ during validation", kwarg=False),
     }
-
-    @classmethod
-    def config_kwargs(cls, conf: dict) -> dict:
-        """Constructor kwargs of a resolved config (se.models.constructor_kwargs)."""
-        return constructor_kwargs(cls, conf)
-
-    @classmethod
-    def from_config(cls, conf: dict) -> "MossFormerGAN":
-        """Network of a resolved config (se.models.build_from_config)."""
-        return build_from_config(cls, conf)
 
     @staticmethod
     def discriminator_kwargs(conf: dict) -> dict:

@@ -28,11 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
@@ -41,6 +38,7 @@ import torch.nn.functional as F
 from se.models.frcrn import FRCRN
 from se.models.kernels import accelerate
 from se.train_step import adam_param_groups
+from tests.benchmarks.common import case_record, time_runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,11 +50,14 @@ def _lit_conv(layer, x):  # ComplexConv2d / ComplexConvTranspose2d on (B, C, F, 
     return torch.stack([re(x_r) - im(x_i), re(x_i) + im(x_r)], -1)
 
 
-def _lit_block(block, x):  # conv -> two real BNs -> LeakyReLU
-    layer = block.conv if hasattr(block, "conv") else block.transconv
-    y = _lit_conv(layer, x)
+def _lit_bn_act(block, y):  # two real BNs -> LeakyReLU on (B, C, F, T, 2)
     y = torch.stack([block.bn.bn_re(y[..., 0]), block.bn.bn_im(y[..., 1])], -1)
     return F.leaky_relu(y, 0.01)
+
+
+def _lit_block(block, x):  # conv -> two real BNs -> LeakyReLU
+    layer = block.conv if hasattr(block, "conv") else block.transconv
+    return _lit_bn_act(block, _lit_conv(layer, x))
 
 
 def _lit_fsmn(f, x):  # real FSMN on (N, S, d)
@@ -94,21 +95,23 @@ def _lit_se(mod, x):  # (B, C, F, T, 2)
     return torch.stack([x[..., 0] * s_r[:, :, None, None], x[..., 1] * s_i[:, :, None, None]], -1)
 
 
-def _lit_unet(u, x):
+def _lit_unet(u, x, encoder=_lit_block, decoder=_lit_block, se=_lit_se):
+    """One complex U-Net; ``encoder`` / ``decoder`` (block, x) and ``se`` (layer, x) transcribe
+    those layers (tests/test_stream.py passes causal ones)."""
     skips, h = [x], x
     for i in range(7):
         if i > 0:
             h = _lit_fsmn_l1(getattr(u, f"fsmn_enc{i}"), h)
-        h = _lit_block(getattr(u, f"encoder{i}"), h)
-        skips.append(_lit_se(getattr(u, f"se_layer_enc{i}"), h))
+        h = encoder(getattr(u, f"encoder{i}"), h)
+        skips.append(se(getattr(u, f"se_layer_enc{i}"), h))
     p = _lit_fsmn_time(u.fsmn, h)
     for i in range(7):
-        p = _lit_block(getattr(u, f"decoder{i}"), p)
+        p = decoder(getattr(u, f"decoder{i}"), p)
         if i == 6:
             break
         p = _lit_fsmn_l1(getattr(u, f"fsmn_dec{i}"), p)
         if i < 5:
-            p = _lit_se(getattr(u, f"se_layer_dec{i}"), p)
+            p = se(getattr(u, f"se_layer_dec{i}"), p)
         p = torch.cat([p, skips[6 - i]], 1)
     return _lit_conv(u.linear, p)
 
@@ -141,17 +144,6 @@ def _pseudo_audio(seconds: float, seed: int) -> np.ndarray:
     return 0.1 * speech / np.std(speech) + 0.03 * rng.standard_normal(t.shape)
 
 
-def _time(fn, runs: int) -> tuple[list[float], list[float]]:
-    fn()  # warm-up
-    walls, cpus = [], []
-    for _ in range(runs):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
-    return walls, cpus
-
-
 def run_case(case: str, runs: int, baseline: bool) -> dict:
     torch.manual_seed(777)
     model = FRCRN()
@@ -172,7 +164,7 @@ def run_case(case: str, runs: int, baseline: bool) -> dict:
             opt.step()
             opt.zero_grad()
 
-        walls, cpus = _time(step, runs)
+        walls, cpus = time_runs(step, runs)
         seconds = None
     else:
         model.eval()
@@ -183,18 +175,9 @@ def run_case(case: str, runs: int, baseline: bool) -> dict:
             x = torch.from_numpy(raw).float()[None]
             fn = lambda: model.enhance(x)  # noqa: E731
         with torch.no_grad():
-            walls, cpus = _time(fn, runs)
+            walls, cpus = time_runs(fn, runs)
         seconds = 10.0
-    med = statistics.median(walls)
-    return {
-        "case": case,
-        "impl": "literal" if baseline else "ours",
-        "median_s": round(med, 3),
-        "rtf": round(med / seconds, 3) if seconds else None,
-        "runs_s": [round(w, 3) for w in walls],
-        "cpu_s": [round(c, 3) for c in cpus],
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
-    }
+    return case_record(case, baseline, walls, cpus, seconds)
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from se.allocator import retain_freed_memory
 from se.allocator import release_after_step
 from se.models.kernels import accelerate
 from se.models.mossformer_gan import GANTrainStep, MossFormerGAN
+from tests.benchmarks.common import case_record, time_runs
 
 NAME = "MossFormerGAN_SE_16K"
 
@@ -67,23 +67,6 @@ def _pseudo_audio(seconds: float, seed: int) -> np.ndarray:
     ph = 2 * np.pi * np.cumsum(f0) / 16000
     speech = sum(np.sin(k * ph) / k for k in range(1, 20)) * (1 + np.sin(2 * np.pi * 4 * t))
     return 0.1 * speech / np.std(speech)
-
-
-def _time(fn, runs: int, device: torch.device) -> tuple[list[float], list[float]]:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()  # warm-up
-    sync()
-    walls, cpus = [], []
-    for _ in range(runs):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        sync()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
-    return walls, cpus
 
 
 def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: str = "cpu",
@@ -123,7 +106,7 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
             step.update()
             release_after_step(device)  # as the training loop does after each update
 
-        walls, cpus = _time(fn, runs, device)
+        walls, cpus = time_runs(fn, runs, device)
         # PESQ compute time of one step's batch, serially in this process
         with torch.no_grad():
             s = MossFormerGAN.norm_factor(noisy) * clean
@@ -151,17 +134,10 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
         else:
             x = torch.from_numpy(raw).float()[None].to(device)
             fn = lambda: model.enhance(x)  # noqa: E731
-        walls, cpus = _time(fn, runs, device)
+        walls, cpus = time_runs(fn, runs, device)
         seconds = audio_seconds
-    med = statistics.median(walls)
     return {
-        "case": case,
-        "impl": "literal" if baseline else "ours",
-        "median_s": round(med, 3),
-        "rtf": round(med / seconds, 3) if seconds else None,
-        "runs_s": [round(w, 3) for w in walls],
-        "cpu_s": [round(c, 3) for c in cpus],
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        **case_record(case, baseline, walls, cpus, seconds),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "malloc": "retain" if allocator.retaining() else "default",
