@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import sys
 from pathlib import Path
@@ -70,6 +71,16 @@ def run(main, argv: list[str] | None = None, prog: str | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+LOG_FORMAT = "%(asctime)s (%(name)s) %(levelname)s: %(message)s"
+
+
+def setup_logging(level: int = logging.INFO, fmt: str = LOG_FORMAT) -> None:
+    """Log lines of a tool to the current stderr.  The handlers of an earlier call are
+    replaced (``force``), so a tool run again in the same process (tests, notebooks) never
+    writes to the stream of a previous run, which may be closed by then."""
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
 
 
 # --------------------------------------------------------------------------- options

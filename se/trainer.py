@@ -27,6 +27,7 @@ import torch
 import torch.distributed as torch_dist
 
 from se import checkpoint as ckpt
+from se import cli
 from se import config as config_lib
 from se.data import DataDir, DataDirError, SegmentDataset, ShardedSampler, collate
 from se.models import build_network, get_entry, network_kwargs, resolve, same_network_kwargs
@@ -102,7 +103,7 @@ def all_gather(obj, dist: Dist) -> list:
 def setup_logging(dist: Dist) -> None:
     level = logging.INFO if dist.is_main else logging.WARNING
     fmt = f"%(asctime)s (%(name)s:{dist.rank}) %(levelname)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    cli.setup_logging(level, fmt)
 
 
 # ------------------------------------------------------------------------------------------

@@ -705,3 +705,23 @@ def test_train_sh_refused_resume_leaves_exp_dir_and_log(train_data, tmp_path):
                           "--exp-dir", str(exp)])
     check("steps/train.sh refused_resume", res, before, tmp_path, names=["model.ckpt-1-5.pt", "cannot resume"])
     assert tiny.is_file()
+
+
+def test_a_tool_run_again_in_one_process_logs_to_the_current_stderr(monkeypatch):
+    # the trainer (or any tool) run earlier in the process set up logging on a stream that
+    # has been closed since; the next tool must not write there ("--- Logging error ---")
+    import io
+    import logging
+
+    from se import cli
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    cli.setup_logging()
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    cli.setup_logging()
+    logging.getLogger("se.test").info("hello from the second run")
+    assert "hello from the second run" in second.getvalue()
+    assert "Logging error" not in second.getvalue()

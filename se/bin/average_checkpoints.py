@@ -60,7 +60,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--num", type=cli.positive_int, default=5, help="how many best checkpoints to average")
     p.add_argument("--out", help="output file (default EXP/model.avg<N>.pt)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    cli.setup_logging()
     exp = Path(args.exp_dir)
     if not exp.is_dir():
         raise CheckpointError(f"{exp}: experiment dir not found")

@@ -157,7 +157,7 @@ def enhance_in_batches(model, items, durations, read, write, label, args, segmen
 
 def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    cli.setup_logging()
     retain_freed_memory()  # large per-file tensors: reuse freed memory (se/allocator.py)
     # every option and input is checked before the model is loaded or anything is written
     if (args.checkpoint is None) == (args.model_dir is None):

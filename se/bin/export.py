@@ -28,7 +28,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--quantize", choices=QUANTIZE, help="dynamic int8 weights (ONNX only)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    cli.setup_logging()
     path = export_model(args.checkpoint, args.network, args.format, args.out_dir, args.quantize)
     logging.getLogger("se.export").info("wrote %s and %s", path, path.parent / "export.json")
     return 0

@@ -47,7 +47,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--fs", type=cli.positive_int, default=None, help="required sample rate")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    cli.setup_logging()
     if args.clearvoice_list:
         pairs = read_clearvoice_list(args.clearvoice_list)
         inputs = [args.clearvoice_list]

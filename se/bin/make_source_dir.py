@@ -215,7 +215,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the --holdout split")
     p.add_argument("--nj", type=cli.positive_int, default=1, help="resampling processes")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    cli.setup_logging()
     sources = scan_audio(args.audio_dir)
     utt2spk = speakers(sources, args.utt2spk_regex) if args.utt2spk_regex else None
     if args.holdout is None:

@@ -13,7 +13,6 @@ written whole or not at all. ``python -m se.bin.enhance --model-dir DIR`` enhanc
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from se import cli
@@ -48,7 +47,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    cli.setup_logging()
     cli.check_output_dir(args.out_dir, "--out-dir")
     manifest = build_package(args.exp_dir, args.out_dir, args.checkpoint, args.average, args.licence, args.formats)
     hours = [f"{s['set']} {s['hours']:.4g} h" for s in manifest["training"]["data"] if s["hours"] is not None]

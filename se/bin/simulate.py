@@ -129,7 +129,7 @@ def run(args) -> int:
 
 def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s")
+    cli.setup_logging()
     return run(args)
 
 

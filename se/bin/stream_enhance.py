@@ -131,8 +131,7 @@ def stream_file(enhancer: StreamingEnhancer, monitor: HopMonitor, path: str, out
 
 def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(name)s) %(levelname)s: %(message)s",
-                        stream=sys.stderr)
+    cli.setup_logging()
     if (args.input == "-") != (args.output == "-"):
         raise cli.UserError("--input - (raw PCM on stdin) goes with --output - (raw PCM on stdout), files with files")
     if args.output != "-":
