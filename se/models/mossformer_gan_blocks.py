@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from se.models.mossformer2_blocks import OffsetScale  # FLASH's per-head query/key maps, as in MossFormer2
+
 _KERNEL_NAMES = ("relu_square_attention", "fast_dropout", "ONEDNN_MIN_KEYS")
 
 
@@ -342,19 +344,6 @@ class RotaryEmbedding(nn.Module):
     def rotate(self, x: torch.Tensor, seq_dim: int) -> torch.Tensor:
         """x with its first ``dim`` features rotated (the others unchanged); same shape."""
         return torch.cat((self.rotated_part(x, seq_dim), x[..., self.dim:]), dim=-1)
-
-
-class OffsetScale(nn.Module):
-    """Per-head affine maps of a shared query/key projection: (N, n, d) -> (N, n, heads, d)."""
-
-    def __init__(self, dim: int, heads: int = 4):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(heads, dim))
-        self.beta = nn.Parameter(torch.zeros(heads, dim))
-        nn.init.normal_(self.gamma, std=0.02)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.beta, x.unsqueeze(-2), self.gamma)  # beta + x gamma: (N, n, heads, d)
 
 
 def relu_square(scores: torch.Tensor) -> torch.Tensor:
