@@ -76,11 +76,21 @@ def run(main, argv: list[str] | None = None, prog: str | None = None) -> int:
 LOG_FORMAT = "%(asctime)s (%(name)s) %(levelname)s: %(message)s"
 
 
+_log_handler: logging.Handler | None = None
+
+
 def setup_logging(level: int = logging.INFO, fmt: str = LOG_FORMAT) -> None:
-    """Log lines of a tool to the current stderr.  The handlers of an earlier call are
-    replaced (``force``), so a tool run again in the same process (tests, notebooks) never
-    writes to the stream of a previous run, which may be closed by then."""
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    """Log lines of a tool to the current stderr.  The handler of an earlier call is replaced,
+    so a tool run again in the same process (tests, notebooks) never writes to the stream of a
+    previous run, which may be closed by then; handlers that others added stay."""
+    global _log_handler
+    root = logging.getLogger()
+    if _log_handler is not None:
+        root.removeHandler(_log_handler)
+    _log_handler = logging.StreamHandler(sys.stderr)
+    _log_handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(_log_handler)
+    root.setLevel(level)
 
 
 # --------------------------------------------------------------------------- options

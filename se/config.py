@@ -187,24 +187,29 @@ def update(conf: dict, values: dict, where: str) -> dict:
     return conf
 
 
+def read_yaml_mapping(path: str | Path, error: type[UserError] = ConfigError) -> dict:
+    """The mapping a YAML file holds ({} for an empty file); a missing file, bad YAML (with
+    its line and column) or anything but a mapping is an ``error`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(f"{path}{at}: not valid YAML ({what})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a mapping of key: value lines")
+    return data
+
+
 def load(path: str | Path | None, overrides: dict | None = None) -> dict:
     """Defaults <- YAML file <- overrides (e.g. from ``--key value`` on the command line).
 
     The network (the override's, else the file's, else the default) decides which keys exist."""
-    data: dict = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"{path}{at}: not valid YAML ({what})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of key: value lines")
+    data = read_yaml_mapping(path) if path else {}
     network = (overrides or {}).get("network") or data.get("network") or SCHEMA["network"][0]
     conf = defaults(str(network))
     if data:

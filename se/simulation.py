@@ -63,6 +63,7 @@ from scipy import fft as sp_fft
 
 from se.audio import AudioError, read_audio
 from se.cli import UserError
+from se.config import read_yaml_mapping
 from se.data import SourceDir
 from se.resample import resample
 
@@ -582,17 +583,7 @@ class Simulator:
 def load_block(path: str | Path) -> dict:
     """The ``simulation:`` mapping of a YAML file: a training config holding one, or a file
     holding only the block's keys."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise SimulationError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SimulationError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise SimulationError(f"{path}: expected a mapping of key: value lines")
+    data = read_yaml_mapping(path, SimulationError)
     if "simulation" in data:
         block = data["simulation"]
         if not block:
