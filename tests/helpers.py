@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -98,7 +97,36 @@ def train_env() -> dict:
     return env
 
 
+def train_in_process(cmd: list[str]) -> tuple[int, str]:
+    """A :func:`train_cmd` command run by ``se.bin.train.main`` in this process: (exit status,
+    what it wrote on stderr: its log and its one-line error). For tests of what the trainer does
+    or refuses, not of the process itself: no interpreter and torch start (seconds each on 2
+    cores). What the trainer sets for its process (the root logger, deterministic algorithms)
+    is restored afterwards."""
+    import contextlib
+    import io
+    import logging
+
+    import torch
+
+    from se.bin import train
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = train.main(cmd[cmd.index("se.bin.train") + 1:])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+    return code, err.getvalue()
+
+
 def train_tiny_frcrn(data: Path, exp: Path) -> Path:
     """Trains the tiny FRCRN 6 updates into ``exp``: exactly epoch 1 (12 items / batch 2)."""
-    subprocess.run(train_cmd(data, exp, "--max_steps", "6"), env=train_env(), check=True, capture_output=True)
+    code, err = train_in_process(train_cmd(data, exp, "--max_steps", "6"))
+    assert code == 0, err[-3000:]
     return exp

@@ -99,14 +99,37 @@ def test_fbank_graph_matches_kaldi_features():
 # ---------------------------------------------------------------------------------------------
 # tiny networks: every backend against torch, both decode paths
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("network", list(TINY))
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_exported_backends_match_torch(tiny_exports, network, fmt):
-    ckpt, dirs = tiny_exports[network]
+DECODES = {  # the decode paths of se.enhance, each backend against the torch model
+    "segmented": lambda m, x, rate: enhance_signal(m, x, rate, rate // 4),  # cross-faded segments
+    "one pass": lambda m, x, rate: enhance_signal(m, x, 10 * rate, rate),
+    "clearvoice": lambda m, x, rate: enhance_clearvoice(m, x),
+}
+
+
+@pytest.fixture(scope="module")
+def torch_decodes(tiny_exports):
+    """network -> (rate, 2.3 s input, {decode path: output of the torch model}), computed on
+    first use and shared by the ONNX and TorchScript tests of the network."""
     from se.checkpoint import load_network
 
-    model, _ = load_network(ckpt, network, kernels=False)
-    rate = model.sampling_rate
+    cache = {}
+
+    def get(network):
+        if network not in cache:
+            model, _ = load_network(tiny_exports[network][0], network, kernels=False)
+            rate = model.sampling_rate
+            x = speech_like(2.3, rate, seed=1)
+            cache[network] = rate, x, {name: run(model, x, rate) for name, run in DECODES.items()}
+        return cache[network]
+
+    return get
+
+
+@pytest.mark.parametrize("network", list(TINY))
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_backends_match_torch(tiny_exports, torch_decodes, network, fmt):
+    ckpt, dirs = tiny_exports[network]
+    rate, x, refs = torch_decodes(network)
     runtime, info = load_exported(dirs[fmt], "onnxruntime" if fmt == "onnx" else "torch", threads=2)
     assert info["network"] == network
     meta = json.loads((dirs[fmt] / "export.json").read_text())
@@ -114,12 +137,8 @@ def test_exported_backends_match_torch(tiny_exports, network, fmt):
     assert meta["network_kwargs"] == network_kwargs(network, {"network_kwargs": TINY[network]})
     assert meta["segmenting"]["segment_length_s"] == 10.0 and meta["checkpoint_sha256"] == sha256(ckpt)
     assert all(v <= 1e-4 for v in meta["check_max_rel_diff"].values())
-    x = speech_like(2.3, rate, seed=1)
-    for run in (lambda m: enhance_signal(m, x, rate, rate // 4),  # segmented, cross-faded
-                lambda m: enhance_signal(m, x, 10 * rate, rate),  # one pass
-                lambda m: enhance_clearvoice(m, x)):
-        ref = run(model)
-        _close(run(runtime), ref, 1e-4)
+    for name, run in DECODES.items():
+        _close(run(runtime, x, rate), refs[name], 1e-4)
 
 
 def test_torch_backend_on_an_onnx_export_loads_its_checkpoint(tiny_exports, tmp_path):

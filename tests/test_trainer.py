@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from se import checkpoint as ckpt
-from tests.helpers import TINY_FRCRN_YAML, train_cmd, train_env
+from tests.helpers import TINY_FRCRN_YAML, train_cmd, train_env, train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,23 @@ def trained(trained_frcrn):
     return trained_frcrn
 
 
-def test_resume_after_kill_is_exact(data, tmp_path):
-    # with the default tensorboard examples: their logging must not disturb the resumed RNG streams
-    steps = ["--max_steps", "10", "--checkpoint_save_freq", "5", "--max_epoch", "3", "--valid_utterances_to_log", "3"]
-    ref = tmp_path / "ref"
-    subprocess.run(train_cmd(data, ref, *steps), env=train_env(), check=True, capture_output=True)
+# with the default tensorboard examples: their logging must not disturb the resumed RNG streams
+KILL_STEPS = ("--max_steps", "10", "--checkpoint_save_freq", "5", "--max_epoch", "3", "--valid_utterances_to_log", "3")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """10 updates of KILL_STEPS without interruption: validated at the end of epoch 1 (update 6)
+    and at update 10, a plain checkpoint at update 5. The reference of the killed run; the
+    averaging test resumes a copy of it."""
+    ref = tmp_path_factory.mktemp("uninterrupted") / "ref"
+    subprocess.run(train_cmd(data, ref, *KILL_STEPS), env=train_env(), check=True, capture_output=True)
+    return ref
+
+
+def test_resume_after_kill_is_exact(data, uninterrupted, tmp_path):
+    steps, ref = list(KILL_STEPS), uninterrupted
+    assert (ref / "tensorboard").is_dir()  # the examples were logged
 
     exp = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd(data, exp, *steps), env=train_env(), stdout=subprocess.DEVNULL,
@@ -84,10 +96,10 @@ def test_resume_refuses_other_network_size(data, trained, tmp_path):
     shutil.copytree(trained, exp)  # a trained experiment (3 updates) to resume
     cmd = train_cmd(data, exp, "--max_steps", "4")
     cmd[cmd.index(TINY_FRCRN_YAML)] = "{channels: 8, fsmn_hidden: 4, se_reduction: 2, lorder: 3}"
-    out = subprocess.run(cmd, env=train_env(), capture_output=True, text=True)
-    assert out.returncode == 1 and "cannot resume" in out.stderr and "--start-over" in out.stderr
-    out = subprocess.run(cmd + ["--start-over"], env=train_env(), capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    code, err = train_in_process(cmd)
+    assert code == 1 and "cannot resume" in err and "--start-over" in err
+    code, err = train_in_process(cmd + ["--start-over"])
+    assert code == 0, err
 
 
 def test_torchrun_two_processes_validation_equals_single(data, tmp_path):
@@ -135,40 +147,41 @@ def test_init_prints_key_table_and_refuses_mostly_empty(data, tmp_path, capsys):
     table = "\n".join(lines)
     assert "missing" in table and "unexpected" in table and "shape-mismatched" in table
     # through the CLI: a mostly-empty init is refused with exit 1
-    out = subprocess.run(train_cmd(data, tmp_path / "ft", "--max_steps", "1", "--init", str(partial)),
-                         env=train_env(), capture_output=True, text=True)
-    assert out.returncode == 1 and "only" in out.stderr and "missing" in out.stderr
-    out = subprocess.run(train_cmd(data, tmp_path / "ft2", "--max_steps", "1", "--init", str(full)),
-                         env=train_env(), capture_output=True, text=True)
-    assert out.returncode == 0 and "loaded 100.0% of the trainable parameters" in out.stderr
-    assert "lr=1.00e-04" in out.stderr  # finetune_learning_rate
+    code, err = train_in_process(train_cmd(data, tmp_path / "ft", "--max_steps", "1", "--init", str(partial)))
+    assert code == 1 and "only" in err and "missing" in err
+    code, err = train_in_process(train_cmd(data, tmp_path / "ft2", "--max_steps", "1", "--init", str(full)))
+    assert code == 0 and "loaded 100.0% of the trainable parameters" in err
+    assert "lr=1.00e-04" in err  # finetune_learning_rate
 
 
 def test_non_finite_updates_are_skipped_then_stop(data, tmp_path):
-    out = subprocess.run(train_cmd(data, tmp_path / "nan", "--max_steps", "5", "--init_learning_rate", "1e30",
-                                   "--max_bad_steps", "2"), env=train_env(), capture_output=True, text=True)
-    assert out.returncode == 1
-    assert "update 2: non-finite loss, update skipped" in out.stderr  # update 1 made the weights huge
-    assert "utterances of this process's batch: train_" in out.stderr  # the offending batch named
-    assert "non-finite updates in a row (max_bad_steps)" in out.stderr
+    code, err = train_in_process(train_cmd(data, tmp_path / "nan", "--max_steps", "5", "--init_learning_rate",
+                                           "1e30", "--max_bad_steps", "2"))
+    assert code == 1
+    assert "update 2: non-finite loss, update skipped" in err  # update 1 made the weights huge
+    assert "utterances of this process's batch: train_" in err  # the offending batch named
+    assert "non-finite updates in a row (max_bad_steps)" in err
 
 
 def test_bad_data_dir_is_a_clear_error(data, tmp_path):
     cmd = train_cmd(data, tmp_path / "x", "--max_steps", "1")
     cmd[cmd.index(str(data / "train"))] = str(tmp_path / "nope")
-    out = subprocess.run(cmd, env=train_env(), capture_output=True, text=True)
-    assert out.returncode == 1 and "nope: data directory not found" in out.stderr
+    code, err = train_in_process(cmd)
+    assert code == 1 and "nope: data directory not found" in err
 
 
-def test_average_best_checkpoints(data, tmp_path):
+def test_average_best_checkpoints(data, uninterrupted, tmp_path):
     exp = tmp_path / "avg"
-    subprocess.run(train_cmd(data, exp, "--max_epoch", "3", "--keep_best", "3", "--valid_utterances_to_log", "1"),
-                   env=train_env(), check=True, capture_output=True)
-    assert (exp / "tensorboard").is_dir()
+    shutil.copytree(uninterrupted, exp)  # validated at updates 6 and 10
+    # resumed to the end of epoch 3: validated again at updates 12 and 18
+    code, err = train_in_process(train_cmd(data, exp, "--max_epoch", "3", "--keep_best", "3",
+                                           "--valid_utterances_to_log", "1"))
+    assert code == 0, err[-3000:]
     from se.bin import average_checkpoints
 
     assert average_checkpoints.main(["--exp-dir", str(exp), "--num", "2"]) == 0
     history = final_model(exp)["trainer"]["history"]
+    assert len(history) == 4 and final_model(exp)["step"] == 18  # the 2 best of 4 validated checkpoints
     best2 = sorted(history, key=history.get)[:2]
     a, b = (torch.load(exp / n, weights_only=False)["model"] for n in best2)
     avg = torch.load(exp / "model.avg2.pt", weights_only=False)
