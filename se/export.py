@@ -310,7 +310,7 @@ def _export_torchscript(step: nn.Module, x: torch.Tensor, path: Path) -> None:
     traced.save(str(path))
 
 
-def _quantize(path: Path, out: Path) -> None:
+def quantize_int8(path: Path, out: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # matrix products only: the fixed STFT / iSTFT / fbank convolutions stay float32
@@ -382,7 +382,7 @@ def export_model(checkpoint, network: str | None, fmt: str, out_dir, quantize: s
     log.info("exported model vs torch, max |diff| / max(1, max |ref|): %s", checks)
     if quantize:
         quantized = out_dir / "model.int8.onnx"
-        _quantize(target, quantized)
+        quantize_int8(target, quantized)
         target.unlink()
         target = quantized
     import onnx

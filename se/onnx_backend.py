@@ -30,13 +30,21 @@ log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime")
 
 
-def _session(path: Path, threads: int | None = None):
+def session_options(threads: int | None = None):
+    """The onnxruntime session options of every exported-model session."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    return options
+
+
+def _session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = session_options(threads)
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
