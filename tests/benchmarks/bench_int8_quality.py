@@ -90,6 +90,9 @@ def release_fill_checkpoint(network: str, work: Path) -> Path:
 
     from se.models import build_network
 
+    path = work / f"{network}.release_fill.pt"
+    if path.is_file():  # made by an earlier run with the same --work-dir
+        return path
     ours = build_network(network, {}).state_dict()
     manifest = load_manifest(CLEARVOICE_DATA, RELEASE_MANIFEST.get(network, network))
     constants = {}
@@ -97,7 +100,7 @@ def release_fill_checkpoint(network: str, work: Path) -> Path:
         if release_fill.keeps_constructed_value(e["key"]):
             constants[e["key"]] = ours[e["key"] if e["key"] in ours else e.get("alias_of")]
     sd = release_state_dict(manifest, constants, release_fill)
-    return write_release_checkpoint(work / f"{network}.release_fill.pt", sd)
+    return write_release_checkpoint(path, sd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +231,7 @@ def main() -> None:
                    help="checkpoint (file or exp dir) of a network; repeatable")
     p.add_argument("--train", default="FRCRN_SE_16K",
                    help="networks without --checkpoint trained here first (comma list; '' for none)")
-    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--train-steps", type=int, default=150)
     p.add_argument("--data-dir", help="test set: wav.scp (noisy) and spk1.scp (clean)")
     p.add_argument("--test-set", choices=("speech", "tones"), default="speech",
                    help="generated test set: white noise on real speech (tests/data/scoring) or on tones")
@@ -236,7 +239,8 @@ def main() -> None:
     p.add_argument("--pairs-per-snr", type=int, default=3)
     p.add_argument("--seconds", type=float, default=2.0, help="generated test set: length of each pair")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work-dir", help="keep checkpoints and exports here (default: a temporary dir)")
+    p.add_argument("--work-dir", help="keep checkpoints and exports here, and reuse the exports of an earlier "
+                   "run of the same checkpoints (default: a temporary dir)")
     p.add_argument("--json", help="write the results here as JSON")
     a = p.parse_args()
     import torch
@@ -293,4 +297,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from se.cli import UserError
+
+    try:
+        main()
+    except UserError as exc:  # a bad checkpoint, export dir or data dir: one line
+        sys.exit(f"bench_int8_quality: {exc}")

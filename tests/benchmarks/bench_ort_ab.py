@@ -169,4 +169,9 @@ def _attached_step(model, network: str):
 
 
 if __name__ == "__main__":
-    main()
+    from se.cli import UserError
+
+    try:
+        main()
+    except UserError as exc:  # a bad checkpoint, export dir or data dir: one line
+        sys.exit(f"bench_ort_ab: {exc}")
