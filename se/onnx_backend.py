@@ -30,13 +30,28 @@ log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime")
 
 
-def _session(path: Path, threads: int | None = None):
+def session_options(threads: int | None = None):
+    """The onnxruntime session options of every exported-model session.
+
+    onnxruntime's defaults otherwise, on purpose: graph optimisation ORT_ENABLE_ALL, sequential
+    execution, the CPU memory arena, spinning intra-op threads. Measured against them
+    (tests/benchmarks/bench_ort_ab.py, FRCRN release size, 10 s, 2 threads, interleaved): no
+    spinning was slower (RTF 0.81 vs 0.73); an optimised-model cache (optimized_model_filepath)
+    would only shorten session creation, not decoding.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    return options
+
+
+def _session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = session_options(threads)
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
