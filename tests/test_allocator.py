@@ -85,7 +85,7 @@ import torch
 from se.allocator import retain_freed_memory
 retain_freed_memory()
 faults = []
-for _ in range(4):  # ten 60 MB temporaries at the top of the heap, freed after each call
+for _ in range(6):  # ten 60 MB temporaries at the top of the heap, freed after each call
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     xs = [torch.ones(15 << 20) for _ in range(10)]
     del xs
@@ -98,9 +98,10 @@ print(json.dumps({"faults": faults}))
 def test_freed_top_of_heap_is_not_trimmed_between_calls():
     # glibc trims free memory at the top of the heap once it exceeds M_TRIM_THRESHOLD; with a
     # 256 MiB threshold all but 256 MiB of the freed 600 MB were handed back after each call
-    # and faulted in again (88k faults on every call); now the calls after the second reuse them
+    # and faulted in again (88k faults on every call); now the later calls reuse them (where a
+    # block lands varies, so one of them may still fault in a block: measured 0-15k in all)
     res = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": ROOT}, check=True)
     faults = json.loads(res.stdout.strip().splitlines()[-1])["faults"]
     assert faults[0] > 100_000  # 600 MB = 150k pages, first touched
-    assert max(faults[2:]) < 5_000  # measured 0 (88k each with the 256 MiB threshold)
+    assert sum(faults[2:]) < 60_000  # the 4 later calls: 352k with the 256 MiB threshold
