@@ -76,20 +76,20 @@ def run(main, argv: list[str] | None = None, prog: str | None = None) -> int:
 LOG_FORMAT = "%(asctime)s (%(name)s) %(levelname)s: %(message)s"
 
 
-_log_handler: logging.Handler | None = None
+class _ToolLogHandler(logging.StreamHandler):
+    """The handler :func:`setup_logging` puts on the root logger (so it can find its own)."""
 
 
 def setup_logging(level: int = logging.INFO, fmt: str = LOG_FORMAT) -> None:
-    """Log lines of a tool to the current stderr.  The handler of an earlier call is replaced,
-    so a tool run again in the same process (tests, notebooks) never writes to the stream of a
+    """Log lines of a tool to the current stderr.  Handlers of earlier calls are replaced, so a
+    tool run again in the same process (tests, notebooks) never writes to the stream of a
     previous run, which may be closed by then; handlers that others added stay."""
-    global _log_handler
     root = logging.getLogger()
-    if _log_handler is not None:
-        root.removeHandler(_log_handler)
-    _log_handler = logging.StreamHandler(sys.stderr)
-    _log_handler.setFormatter(logging.Formatter(fmt))
-    root.addHandler(_log_handler)
+    for old in [h for h in root.handlers if isinstance(h, _ToolLogHandler)]:
+        root.removeHandler(old)
+    handler = _ToolLogHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
     root.setLevel(level)
 
 

@@ -708,16 +708,23 @@ def test_train_sh_refused_resume_leaves_exp_dir_and_log(train_data, tmp_path):
 
 
 def test_a_tool_run_again_in_one_process_logs_to_the_current_stderr(monkeypatch):
-    # the trainer (or any tool) run earlier in the process set up logging on a stream that
-    # has been closed since; the next tool must not write there ("--- Logging error ---")
+    # a tool run earlier in the process (the trainer, a CLI called by a test) set up logging
+    # on a stream that has been closed since, and its handler may even have been put back by
+    # code that saved and restored the root handlers; the next tool must not write there
+    # ("--- Logging error ---")
     import io
     import logging
 
     from se import cli
 
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", root.handlers[:])  # restored after the test
     first = io.StringIO()
     monkeypatch.setattr(sys, "stderr", first)
     cli.setup_logging()
+    saved = root.handlers[:]
+    cli.setup_logging()  # e.g. the trainer inside tests.helpers.train_in_process ...
+    root.handlers[:] = saved  # ... which then puts the earlier handlers back
     first.close()
     second = io.StringIO()
     monkeypatch.setattr(sys, "stderr", second)
