@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,11 +81,6 @@ class ExportedStep:
             return torch.from_numpy(out)
         with torch.no_grad():
             return self.module(x.detach().cpu().float())
-
-
-def run_file(path, fmt: str, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Runs an exported file on (B, L) float32 samples (export checks)."""
-    return ExportedStep(path, fmt, threads)(torch.from_numpy(np.asarray(x, np.float32))).numpy()
 
 
 def attach(model, network: str, step: ExportedStep):

@@ -24,6 +24,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,7 +210,9 @@ def python_options(target: str) -> dict[str | None, frozenset[str]]:
     argv = sys.argv
     sys.argv = [target, "--help"]
     try:
-        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # runpy warns that the module is imported already (by an earlier test): expected here
+            warnings.filterwarnings("ignore", "'se.bin.* found in sys.modules", RuntimeWarning)
             mp.setattr(argparse.ArgumentParser, "parse_known_args", capture)
             if target.endswith(".py"):
                 runpy.run_path(str(REPO / target), run_name="__main__")
