@@ -14,6 +14,7 @@ at any moment leaves either the previous or the new checkpoint, never a dangling
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -34,6 +35,15 @@ class CheckpointError(UserError, ValueError):
 
 def atomic_torch_save(obj, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file, read in 1 MiB blocks (checkpoints, packaged files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def checkpoint_name(epoch: int, step: int) -> str:

@@ -31,7 +31,6 @@ normalisation and decode settings, format, versions, the source checkpoint and i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -277,14 +276,6 @@ def _test_signal(n: int, rate: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------------
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _network_kwargs(file: Path, info: dict) -> dict:
     if info["format"] != "ours":
         return {}  # release files hold the released architecture
@@ -351,7 +342,7 @@ def export_model(checkpoint, network: str | None, fmt: str, out_dir, quantize: s
 
     ``network`` is needed for release files and checked against our checkpoints.
     """
-    from se.checkpoint import load_network
+    from se.checkpoint import file_sha256, load_network
     from se.enhance import OVERLAP_SECONDS, SEGMENT_SECONDS
     from se.models import get_entry
     from se.models.kernels import accelerate
@@ -415,7 +406,7 @@ def export_model(checkpoint, network: str | None, fmt: str, out_dir, quantize: s
         # relative to the export dir (no machine path; a package's onnx/ names ../model.pt)
         "checkpoint": os.path.relpath(file.resolve(), out_dir.resolve()),
         "checkpoint_format": info["format"],
-        "checkpoint_sha256": sha256(file),
+        "checkpoint_sha256": file_sha256(file),
         "check_max_rel_diff": checks,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},

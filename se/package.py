@@ -16,7 +16,6 @@ Layout (uploadable to a model hub as is; README.md is the model card, with hub f
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import shlex
@@ -24,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from se.checkpoint import CheckpointError, resolve_checkpoint, torch_load
+from se.checkpoint import CheckpointError, file_sha256, resolve_checkpoint, torch_load
 from se.cli import UserError
 
 log = logging.getLogger(__name__)
@@ -160,14 +159,6 @@ def export_files(checkpoint: Path, network: str, formats: list[str], out_dir: Pa
     return made, None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_card(manifest: dict, results: list[str], name: str) -> str:
     lic = manifest["licence"]
     front = ["---"] + ([f"license: {lic}"] if lic else []) + [
@@ -254,7 +245,7 @@ def build_package(exp_dir: str | Path, out_dir: str | Path, checkpoint: str | No
         exports, skipped = export_files(tmp / "model.pt", model["network"], formats, tmp)
         if skipped:
             log.warning("no export files: %s", skipped)
-        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format": FORMAT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -130,3 +131,53 @@ def train_tiny_frcrn(data: Path, exp: Path) -> Path:
     code, err = train_in_process(train_cmd(data, exp, "--max_steps", "6"))
     assert code == 0, err[-3000:]
     return exp
+
+
+def copy_recipe(tmp_path: Path, name: str) -> Path:
+    """A copy of egs/NAME at TMP_PATH/egs/NAME (no data, exp, downloads or dump), whose path.sh
+    and cmd.sh two levels up source the repository's, like the original's."""
+    recipe = tmp_path / "egs" / name
+    shutil.copytree(REPO / "egs" / name, recipe, ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
+    for f in ("path.sh", "cmd.sh"):
+        (tmp_path / f).write_text(f'. "{REPO}/{f}"\n')
+    return recipe
+
+
+# ---------------------------------------------------------------------------------------------
+# small 16 kHz files and data dirs for the bad-input matrix and data-dir checks
+# ---------------------------------------------------------------------------------------------
+FS = 16000
+
+
+def speech(seconds: float, seed: int = 0) -> np.ndarray:
+    return tone_pair(seconds, FS, seed)[1]
+
+
+def noisy_of(clean: np.ndarray, seed: int = 0, snr_db: float = 5.0) -> np.ndarray:
+    n = np.random.default_rng(seed + 99).standard_normal(len(clean))
+    return clean + n * np.sqrt(np.mean(clean**2) / np.mean(n**2)) * 10 ** (-snr_db / 20)
+
+
+def wav(path: Path, x, rate: int = FS, subtype: str = "FLOAT") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x, rate, subtype=subtype)
+    return path
+
+
+def make_pairs(root: Path, count: int = 3, seconds: float = 0.5) -> dict[str, tuple[Path, Path]]:
+    pairs = {}
+    for i in range(count):
+        c = speech(seconds, i)
+        u = f"u{i}"
+        pairs[u] = (wav(root / "noisy" / f"{u}.wav", noisy_of(c, i)), wav(root / "clean" / f"{u}.wav", c))
+    return pairs
+
+
+def write_data_dir(d: Path, pairs: dict, lengths: dict | None = None) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "wav.scp").write_text("".join(f"{u} {pairs[u][0]}\n" for u in sorted(pairs)))
+    (d / "spk1.scp").write_text("".join(f"{u} {pairs[u][1]}\n" for u in sorted(pairs)))
+    lengths = lengths or {u: sf.info(str(pairs[u][0])).frames if os.path.exists(pairs[u][0]) else 8000 for u in pairs}
+    (d / "utt2num_samples").write_text("".join(f"{u} {lengths[u]}\n" for u in sorted(pairs)))
+    (d / "fs").write_text(f"{FS}\n")
+    return d

@@ -46,3 +46,29 @@ def write_release_checkpoint(path: Path, state_dict: dict, module_prefix: bool =
         state_dict = {f"module.{k}": v for k, v in state_dict.items()}
     torch.save({"model": state_dict}, path)
     return path
+
+
+# network -> the name of its release manifest in tests/data/clearvoice
+RELEASES = {
+    "FRCRN_SE_16K": "FRCRN_SE_16K",
+    "MossFormer2_SE_48K": "MossFormer2_SE_48K",
+    "MossFormerGAN_SE_16K": "MossFormerGAN_SE_16K_generator",
+}
+
+
+def release_checkpoint(network, clearvoice_data, release_fill, path, prefix=False):
+    """A release-format checkpoint of ``network`` at ``path``: the manifest's keys filled by the
+    parity rule, constants from our constructed module (``prefix``: keys under ``module.``)."""
+    from se.models import build_network
+
+    model = build_network(network, {})
+    ours = model.state_dict()
+    manifest = load_manifest(clearvoice_data, RELEASES[network])
+    constants = {}
+    for e in manifest["entries"]:
+        if release_fill.keeps_constructed_value(e["key"]):
+            # aliased constants (a rotary table shared by every layer) come from the first key
+            src = e["key"] if e["key"] in ours else e.get("alias_of")
+            constants[e["key"]] = ours[src]
+    sd = release_state_dict(manifest, constants, release_fill)
+    return write_release_checkpoint(path, sd, module_prefix=prefix)

@@ -24,32 +24,14 @@ import pytest
 import soundfile as sf
 import torch
 
+from helpers import FS, make_pairs, noisy_of, speech, wav, write_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-FS = 16000
 TINY_FRCRN = {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}
 TINY_YAML = "{channels: 4, fsmn_hidden: 4, se_reduction: 2, lorder: 3}"
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def speech(seconds: float, seed: int = 0) -> np.ndarray:
-    from tests.helpers import tone_pair
-
-    return tone_pair(seconds, FS, seed)[1]
-
-
-def noisy_of(clean: np.ndarray, seed: int = 0, snr_db: float = 5.0) -> np.ndarray:
-    n = np.random.default_rng(seed + 99).standard_normal(len(clean))
-    return clean + n * np.sqrt(np.mean(clean**2) / np.mean(n**2)) * 10 ** (-snr_db / 20)
-
-
-def wav(path: Path, x, rate: int = FS, subtype: str = "FLOAT") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, x, rate, subtype=subtype)
-    return path
-
-
 def bad_file(path: Path, kind: str) -> Path:
     """A file of one bad kind at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,25 +60,6 @@ def bad_file(path: Path, kind: str) -> Path:
     else:
         raise ValueError(kind)
     return path
-
-
-def make_pairs(root: Path, count: int = 3, seconds: float = 0.5) -> dict[str, tuple[Path, Path]]:
-    pairs = {}
-    for i in range(count):
-        c = speech(seconds, i)
-        u = f"u{i}"
-        pairs[u] = (wav(root / "noisy" / f"{u}.wav", noisy_of(c, i)), wav(root / "clean" / f"{u}.wav", c))
-    return pairs
-
-
-def write_data_dir(d: Path, pairs: dict, lengths: dict | None = None) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "wav.scp").write_text("".join(f"{u} {pairs[u][0]}\n" for u in sorted(pairs)))
-    (d / "spk1.scp").write_text("".join(f"{u} {pairs[u][1]}\n" for u in sorted(pairs)))
-    lengths = lengths or {u: sf.info(str(pairs[u][0])).frames if os.path.exists(pairs[u][0]) else 8000 for u in pairs}
-    (d / "utt2num_samples").write_text("".join(f"{u} {lengths[u]}\n" for u in sorted(pairs)))
-    (d / "fs").write_text(f"{FS}\n")
-    return d
 
 
 def tiny_checkpoint(path: Path, nan: bool = False) -> Path:

@@ -8,7 +8,7 @@ from se.data import (DataDir, DataDirError, SegmentDataset, ShardedSampler, coll
                      validate_data_dir)
 from se.bin import make_data_dir as make_data_dir_cli
 from se.bin import validate_data_dir as validate_cli
-from tests.helpers import make_dir, write_pairs
+from helpers import make_dir, write_pairs
 
 
 def test_audio_norm_matches_two_stage_definition():

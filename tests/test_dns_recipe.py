@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import TINY_FRCRN_ARGS, tone_pair
+from helpers import TINY_FRCRN_ARGS, copy_recipe, tone_pair
 from se.data import DataDir, SourceDir, read_scp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,14 +221,6 @@ def test_download_lists_unpacks_and_verifies(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the recipe
-
-
-def copy_recipe(tmp_path: Path, name: str) -> Path:
-    recipe = tmp_path / "egs" / name
-    shutil.copytree(REPO / "egs" / name, recipe, ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
-    for f in ("path.sh", "cmd.sh"):  # the copy finds path.sh/cmd.sh two levels up, like the original
-        (tmp_path / f).write_text(f'. "{REPO}/{f}"\n')
-    return recipe
 
 
 def test_dns_recipe_stages_1_to_5(tmp_path):

@@ -7,30 +7,8 @@ import torch
 
 from se.bin import enhance
 from se.models import build_network
-from tests.helpers import TINY_FRCRN
-from tests.release_checkpoints import load_manifest, release_state_dict, write_release_checkpoint
-
-# network -> (manifest name, release constants of our module: release key -> our key)
-RELEASES = {
-    "FRCRN_SE_16K": "FRCRN_SE_16K",
-    "MossFormer2_SE_48K": "MossFormer2_SE_48K",
-    "MossFormerGAN_SE_16K": "MossFormerGAN_SE_16K_generator",
-}
-
-
-def release_checkpoint(network, clearvoice_data, release_fill, path, prefix=False):
-    model = build_network(network, {})
-    ours = model.state_dict()
-    manifest = load_manifest(clearvoice_data, RELEASES[network])
-    constants = {}
-    for e in manifest["entries"]:
-        if release_fill.keeps_constructed_value(e["key"]):
-            # aliased constants (a rotary table shared by every layer) come from the first key
-            src = e["key"] if e["key"] in ours else e.get("alias_of")
-            constants[e["key"]] = ours[src]
-    sd = release_state_dict(manifest, constants, release_fill)
-    return write_release_checkpoint(path, sd, module_prefix=prefix)
-
+from helpers import TINY_FRCRN
+from release_checkpoints import release_checkpoint
 
 @pytest.mark.parametrize("network", ["FRCRN_SE_16K", "MossFormer2_SE_48K", "MossFormerGAN_SE_16K"])
 def test_release_checkpoint_compat_decode_reproduces_reference(network, clearvoice_data, release_fill, tmp_path):

@@ -13,7 +13,7 @@ from se import config
 from se.models import network_names
 from se.models.example import NAME, MaskNet, register
 from se.trainer import Dist, Trainer, resolve_config
-from tests.helpers import make_dir
+from helpers import make_dir
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,12 @@ import torch
 from se.bin import enhance
 from se.bin import export as export_cli
 from se.enhance import enhance_clearvoice, enhance_signal
-from se.export import DftAnalysis, DftSynthesis, FbankGraph, export_model, sha256
+from se.checkpoint import file_sha256
+from se.export import DftAnalysis, DftSynthesis, FbankGraph, export_model
 from se.features import FbankFeatures
 from se.models import build_network, network_kwargs
 from se.onnx_backend import load_exported
-from tests.test_enhance_cli import release_checkpoint
+from release_checkpoints import release_checkpoint
 
 TINY = {
     "FRCRN_SE_16K": {"channels": 8, "fsmn_hidden": 8, "lorder": 20},
@@ -135,7 +136,7 @@ def test_exported_backends_match_torch(tiny_exports, torch_decodes, network, fmt
     meta = json.loads((dirs[fmt] / "export.json").read_text())
     assert meta["format"] == fmt and meta["sampling_rate"] == rate
     assert meta["network_kwargs"] == network_kwargs(network, {"network_kwargs": TINY[network]})
-    assert meta["segmenting"]["segment_length_s"] == 10.0 and meta["checkpoint_sha256"] == sha256(ckpt)
+    assert meta["segmenting"]["segment_length_s"] == 10.0 and meta["checkpoint_sha256"] == file_sha256(ckpt)
     assert all(v <= 1e-4 for v in meta["check_max_rel_diff"].values())
     for name, run in DECODES.items():
         _close(run(runtime, x, rate), refs[name], 1e-4)

@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from se import config
 from se.models import build_network, get_entry, resolve
 from se.trainer import Dist, Trainer, build_train_step, resolve_config, set_deterministic
-from tests.helpers import make_train_valid, tone_pair
+from helpers import make_train_valid, tone_pair
 
 REPO = Path(__file__).resolve().parents[1]
 FRCRN_TINY = {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}
@@ -122,7 +122,7 @@ def test_gan_validates_under_autocast_bf16_and_trains_after_inference_mode():
 
 
 def test_blocked_attention_under_autocast_matches_float32():
-    from se.models.mossformer_gan_blocks import relu_square_attention
+    from se.models.kernels.mossformer_gan import relu_square_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 40, 8, generator=g) for _ in range(3))

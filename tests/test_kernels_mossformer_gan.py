@@ -268,11 +268,3 @@ def test_state_dict_round_trip_and_reference_switch(monkeypatch):
     assert not {type(m) for m in plain.modules()} & set(K.KERNEL_CLASSES.values())
     monkeypatch.delenv("SE_KERNELS")
     assert any(isinstance(m, K.FastMossFormer) for m in build_network(NAME, {"network_kwargs": TINY}).modules())
-
-
-def test_old_import_path_of_the_attention_kernel():
-    from se.models.mossformer_gan_blocks import relu_square_attention
-
-    assert relu_square_attention is K.relu_square_attention
-    with pytest.raises(AttributeError):
-        blocks.no_such_name  # noqa: B018

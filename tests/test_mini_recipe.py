@@ -6,15 +6,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from helpers import copy_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_mini_recipe_all_stages(tmp_path):
-    recipe = tmp_path / "egs" / "mini"
-    shutil.copytree(REPO / "egs/mini", recipe, ignore=shutil.ignore_patterns("data", "exp", "downloads"))
-    # the copy must find path.sh/cmd.sh two levels up, like egs/mini does
-    for name in ("path.sh", "cmd.sh"):
-        (tmp_path / name).write_text(f'. "{REPO}/{name}"\n')
+    recipe = copy_recipe(tmp_path, "mini")
     env = dict(os.environ, OMP_NUM_THREADS="2")
     # job runners given on the command line (--decode-cmd, --score-cmd) run the jobs of stages 4 and 5
     calls = tmp_path / "runner_calls.txt"

@@ -96,7 +96,7 @@ def test_fp16_updates_with_the_grad_scaler_under_cpu_autocast(network, kwargs):
 
     from se import config
     from se.trainer import Dist, build_train_step, data_features, resolve_config
-    from tests.helpers import tone_pair
+    from helpers import tone_pair
 
     conf = resolve_config(config.load(None, {"network": network, "network_kwargs": kwargs, "fbank_dither": 0.0}))
     step = build_train_step(conf, Dist())

@@ -19,7 +19,7 @@ from se.audio import audio_norm
 from se.models import build_network, get_entry
 from se.models.kernels import accelerate
 from se.models.mossformer2 import MossFormer2SE
-from tests.release_checkpoints import load_manifest, release_state_dict, write_release_checkpoint
+from release_checkpoints import load_manifest, release_state_dict, write_release_checkpoint
 
 NAME = "MossFormer2_SE_48K"
 TINY = dict(num_blocks=2, width=64, query_key_dim=32, fsmn_inner=32)

@@ -12,7 +12,7 @@ import se.models
 from se.models import NetworkEntry, get_entry, network_names, register
 from se.models.example import register as register_example
 from se.models.network import CONTRACT, Network, missing_contract
-from tests.helpers import TINY_FRCRN
+from helpers import TINY_FRCRN
 
 
 @pytest.fixture

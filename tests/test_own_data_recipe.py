@@ -15,7 +15,7 @@ import soundfile as sf
 
 from helpers import TINY_FRCRN_ARGS, tone_pair
 from se.data import DataDir, SourceDir
-from test_dns_recipe import copy_recipe
+from helpers import copy_recipe
 
 
 def test_own_data_recipe_end_to_end(tmp_path):

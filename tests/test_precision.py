@@ -5,7 +5,7 @@ from se import config
 
 from se.precision import float32
 from se.trainer import Dist, Trainer, resolve_config
-from tests.helpers import make_dir
+from helpers import make_dir
 
 
 def test_float32_regions_under_autocast():

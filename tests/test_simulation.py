@@ -18,7 +18,7 @@ from se.data import DataDirError, ShardedSampler, SourceDir, collate, item_rng, 
 from se.simulation import (FULL_SCALE, SimulatedDataset, SimulationError, Simulator, active_frames, bandwidth_limit,
                            clip, codec, parse_config, reverberate, snr_on_active)
 from se.bin import simulate as simulate_cli
-from tests.helpers import tone_pair
+from helpers import tone_pair
 
 REPO = Path(__file__).resolve().parents[1]
 FS = 16000

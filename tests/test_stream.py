@@ -205,7 +205,7 @@ def test_streaming_random_chunks_equal_offline(dtype, tau, tol, monkeypatch):
     assert enhancer.latency == WIN and enhancer.latency_ms == 40.0
     rng = np.random.default_rng(5)
     for _ in range(2 if dtype == torch.float32 else 1):  # a second pass: flush() reset every state
-        outs, pos, received = [], 0, 0
+        outs, pos = [], 0
         for size in _chunks(len(x), rng):
             out = enhancer.process(x[pos : pos + size])
             pos = min(pos + size, len(x))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from se import checkpoint as ckpt
-from tests.helpers import TINY_FRCRN_YAML, train_cmd, train_env, train_in_process
+from helpers import TINY_FRCRN_YAML, train_cmd, train_env, train_in_process
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from se import checkpoint as ckpt
 from se import config
 from se.data import DataDirError
 from se.trainer import Dist, Trainer, resolve_config
-from tests.helpers import make_dir, make_train_valid
+from helpers import make_dir, make_train_valid
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"channels": 4, "fsmn_hidden": 4, "se_reduction": 2, "lorder": 3}

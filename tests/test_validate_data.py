@@ -13,7 +13,7 @@ import soundfile as sf
 from se import validate
 from se.audio import AudioError, read_audio, write_audio
 from se.resample import resample
-from tests.test_bad_input import make_pairs, noisy_of, speech, wav, write_data_dir
+from helpers import make_pairs, noisy_of, speech, wav, write_data_dir
 
 FS = 16000
 

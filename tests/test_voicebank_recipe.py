@@ -24,7 +24,7 @@ from se import config
 from se.audio import audio_info
 from se.data import DataDir, read_scp
 from se.models import get_entry, network_kwargs
-from tests.helpers import tone_pair
+from helpers import tone_pair
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "egs" / "voicebank_demand" / "run.sh"

@@ -36,17 +36,6 @@ from torch import nn
 
 from se.models.mossformer2_blocks import OffsetScale  # FLASH's per-head query/key maps, as in MossFormer2
 
-_KERNEL_NAMES = ("relu_square_attention", "fast_dropout", "ONEDNN_MIN_KEYS")
-
-
-def __getattr__(name: str):
-    """Old import path of the attention kernels, now in se.models.kernels.mossformer_gan."""
-    if name in _KERNEL_NAMES:
-        from se.models.kernels import mossformer_gan as kernels
-
-        return getattr(kernels, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 # --------------------------------------------------------------------------------------------
 # normalisations / small layers

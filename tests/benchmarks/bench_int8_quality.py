@@ -108,12 +108,12 @@ def release_fill_checkpoint(network: str, work: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 def exports(checkpoint: Path, network: str, work: Path) -> tuple[Path, Path]:
     """(fp32 export dir, int8 export dir) of ``checkpoint``; the int8 file is quantised from the fp32 one."""
-    from se.checkpoint import resolve_checkpoint
-    from se.export import EXPORT_JSON, export_model, quantize_int8, sha256
+    from se.checkpoint import file_sha256, resolve_checkpoint
+    from se.export import EXPORT_JSON, export_model, quantize_int8
 
     fp32, int8 = work / f"{network}-fp32", work / f"{network}-int8"
     done = fp32 / EXPORT_JSON
-    if done.is_file() and json.loads(done.read_text()).get("checkpoint_sha256") == sha256(resolve_checkpoint(checkpoint)):
+    if done.is_file() and json.loads(done.read_text()).get("checkpoint_sha256") == file_sha256(resolve_checkpoint(checkpoint)):
         print(f"{network}: reusing the export {fp32} of the same checkpoint", flush=True)
     else:
         export_model(checkpoint, network, "onnx", fp32)

@@ -60,8 +60,7 @@ def build_generator(kwargs: dict, literal: bool) -> MossFormerGAN:
 # ---------------------------------------------------------------------------------------------
 # cases
 # ---------------------------------------------------------------------------------------------
-def _pseudo_audio(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
+def _pseudo_audio(seconds: float) -> np.ndarray:
     t = np.arange(int(16000 * seconds)) / 16000
     f0 = 140 * (1 + 0.1 * np.sin(2 * np.pi * 1.7 * t))
     ph = 2 * np.pi * np.cumsum(f0) / 16000
@@ -86,7 +85,7 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
         step.build_optimizers()
         for m in step.modules.values():
             m.train()
-        clean = torch.from_numpy(_pseudo_audio(train_seconds, 1)).float()[None]
+        clean = torch.from_numpy(_pseudo_audio(train_seconds)).float()[None]
         noisy = clean + 0.03 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
         waits = []
         from se import pesq_pool
@@ -128,7 +127,7 @@ def run_case(case: str, runs: int, baseline: bool, pesq_workers: int, device: st
     else:
         model = build_generator(kwargs or {}, baseline).to(device).eval()
         n = int(16000 * audio_seconds)
-        raw = _pseudo_audio(audio_seconds, 99) + 0.03 * np.random.default_rng(99).standard_normal(n)
+        raw = _pseudo_audio(audio_seconds) + 0.03 * np.random.default_rng(99).standard_normal(n)
         if case == "decode":
             fn = lambda: model.clearvoice_decode(raw)  # noqa: E731
         else:
