@@ -80,12 +80,39 @@ def check(ref_module, kernel, x, seed=1):
 # ---------------------------------------------------------------------------------------------
 # each kernel vs its reference module
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tile_rows", [2048, 40])
+def test_fsmn_without_autograd_matches_the_reference(monkeypatch, tile_rows):
+    """The inference path (tiles of the channels-last map, no channel-major copy): one tile or
+    one position per tile, sequences shorter and longer than the memory, a batch of two."""
+    monkeypatch.setattr(kernels, "_TILE_ROWS", tile_rows)
+    for seq in (3, 13):
+        fsmn = randomise(ComplexFsmnL1(4, 3, 5).double())
+        x = rand(2, 8, seq, 7)  # (B, 2C, F, T): memory along F
+        with torch.no_grad():
+            assert close(nchw(kernels.complex_fsmn(cl(x), fsmn, "L1")), fsmn(x))
+    fsmn = randomise(ComplexFsmn(4, 3, 5).double())
+    x = rand(2, 8, 1, 11)  # memory along T
+    with torch.no_grad():
+        assert close(nchw(kernels.time_fsmn(fsmn, cl(x))), fsmn(x))
+    assert fsmn.__dict__["_reused"]["L1/tiles"]  # inference weights kept for the next call
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("training", [True, False])
 def test_conv_blocks(causal, training):
     for block, cin, freq in ((Encoder(3, 4, (5, 2), causal), 3, 21), (Decoder(6, 4, (5, 2), causal), 6, 9)):
         block = randomise(block.double()).train(training)
         check(block, kernels.conv_block, rand(2, 2 * cin, freq, 5))
+
+
+@pytest.mark.parametrize("stride,padding", [((2, 1), (0, 1)), ((2, 1), (0, 0)), ((1, 3), (1, 2))])
+def test_narrow_transposed_conv(stride, padding):
+    """Few output channels, no autograd: one product and an overlap-add, as conv_transpose2d."""
+    x = cl(rand(2, 6, 7, 5)).permute(0, 3, 1, 2)  # NCHW view of a channels-last tensor
+    weight, bias = rand(6, 2, 5, 2, seed=1), rand(2, seed=2)
+    want = torch.nn.functional.conv_transpose2d(x, weight, bias, stride, padding)
+    got = kernels._narrow_transposed_conv(x, weight, bias, stride, padding)
+    assert got.shape == want.shape and close(got, want)
 
 
 def test_complex_conv():
@@ -117,6 +144,22 @@ def test_complex_cat():
     from se.models.frcrn import _complex_cat
 
     assert torch.equal(nchw(kernels.complex_cat(cl(a), cl(b))), _complex_cat(a, b))
+
+
+@pytest.mark.parametrize("decay", [None, 0.8])
+@pytest.mark.parametrize("grad", [False, True])
+def test_complex_cat_applies_se_gates(decay, grad):
+    """SE gates applied in the concatenation = se_layer on each map, then the concatenation."""
+    a, b = cl(rand(2, 4, 5, 3)), cl(rand(2, 6, 5, 3, seed=1))  # (B, F, T, 2C), C = 2 and 3
+    se_a = randomise(ComplexSELayer(2, 2, decay).double(), seed=2)
+    se_b = randomise(ComplexSELayer(3, 2, decay).double(), seed=3)
+    with torch.no_grad():
+        want = kernels.complex_cat(kernels.se_layer(se_a, a), kernels.se_layer(se_b, b))
+        want_one = kernels.complex_cat(a, kernels.se_layer(se_b, b))
+    with torch.set_grad_enabled(grad):
+        gate_a, gate_b = kernels.se_gate_map(se_a, a), kernels.se_gate_map(se_b, b)
+        assert close(kernels.complex_cat(a, b, gate_a, gate_b), want)
+        assert close(kernels.complex_cat(a, b, None, gate_b), want_one)
 
 
 @pytest.mark.parametrize("batch,seq,width,block,chunk", [

@@ -267,14 +267,15 @@ def test_network_without_onednn(monkeypatch):
     model = kern.accelerate(MossFormer2SE(**TINY)).train()
     feats = torch.randn(2, 21, 180, generator=torch.Generator().manual_seed(2))
     with_op = float32_step(model, feats)
+    x, w = torch.randn(3, 5), torch.randn(4, 5)
+    assert torch.allclose(onednn.linear_forward(x, w, relu=True), (x @ w.T).relu())  # fused ReLU
     monkeypatch.setattr(onednn, "_ONEDNN", False)
     assert not onednn.use_onednn(feats)
     without = float32_step(model, feats)
     for a, b in zip(with_op, without):
         assert rel_diff(a, b) <= 1e-5 * scale(b)
-    x = torch.randn(3, 5)
-    w = torch.randn(4, 5)
     assert torch.allclose(onednn.linear_forward(x, w), x @ w.T)
+    assert torch.allclose(onednn.linear_forward(x, w, relu=True), (x @ w.T).relu())
 
 
 def test_aten_backward_ops_fallback(monkeypatch):

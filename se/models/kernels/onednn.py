@@ -73,9 +73,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear without autograd bookkeeping, on oneDNN for float32 CPU tensors: for the
-    forward of hand-written autograd Functions (any dtype: float64 takes F.linear)."""
+def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   relu: bool = False) -> torch.Tensor:
+    """F.linear (then ReLU if ``relu``) without autograd bookkeeping, on oneDNN for float32 CPU
+    tensors (the ReLU fused into the product): for inference and the forward of hand-written
+    autograd Functions (any dtype: float64 takes F.linear)."""
     if use_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+    y = F.linear(x, weight, bias)
+    return y.relu_() if relu else y
