@@ -24,7 +24,7 @@ channels-last strides, and a convolution's output permutes back without a copy).
   first layer, 2-3x on the others);
 * the last decoder's transposed convolution (2 output channels) runs, without autograd, as one
   matrix product and an overlap-add (``_narrow_transposed_conv``);
-* ``se_layer``: the squeeze-excitation MLPs each run once on both planes' pooled features;
+* ``se_gate_map``: the squeeze-excitation MLPs each run once on both planes' pooled features;
 * ``complex_cat``: the skip concatenation is one cat of (.., 2, C) views; without autograd it
   also applies the squeeze-excitation gates of both maps as it copies them.
 
@@ -106,6 +106,11 @@ def _relu_backward_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     if _THRESHOLD_BACKWARD:
         return _threshold_backward_op()(grad, out, 0, grad_input=grad)
     return grad.masked_fill_(out <= 0, 0.0)
+
+
+def _records_graph(*tensors: torch.Tensor | None) -> bool:
+    """Autograd would record an operation on ``tensors`` (otherwise the inference kernels run)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _reuse(owner: nn.Module, tag: str, sources, build):
@@ -191,7 +196,7 @@ def _conv(layer: nn.Module, x: torch.Tensor, weight, bias) -> torch.Tensor:
     re = _pair(layer)[0]
     if isinstance(layer, ComplexConv2d):
         return F.conv2d(x, weight, bias, re.stride, re.padding)
-    if weight.shape[1] <= _NARROW_OUTPUT and not torch.is_grad_enabled():
+    if weight.shape[1] <= _NARROW_OUTPUT and not _records_graph(x, weight):
         return _narrow_transposed_conv(x, weight, bias, re.stride, re.padding)
     return F.conv_transpose2d(x, weight, bias, re.stride, re.padding)
 
@@ -549,7 +554,7 @@ def complex_fsmn(x: torch.Tensor, owner: nn.Module, layer: str) -> torch.Tensor:
     """
     fsmn_re, fsmn_im = getattr(owner, f"fsmn_re_{layer}"), getattr(owner, f"fsmn_im_{layer}")
     sources = list(fsmn_re.parameters()) + list(fsmn_im.parameters())
-    if not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in sources))):
+    if not _records_graph(x, *sources):
         weights = _reuse(owner, f"{layer}/tiles", sources,
                          lambda: (fsmn_tile_weights(fsmn_re), fsmn_tile_weights(fsmn_im)))
         return _complex_fsmn_inference(x, *weights)  # (B, S, W, 2C)
@@ -591,11 +596,6 @@ def se_gate_map(se: ComplexSELayer, x: torch.Tensor) -> torch.Tensor:
     return se_gate(se, pooled)[:, None]
 
 
-def se_layer(se: ComplexSELayer, x: torch.Tensor) -> torch.Tensor:
-    """ComplexSELayer on (B, F, T, 2C) -> same."""
-    return x * se_gate_map(se, x)
-
-
 def complex_cat(a: torch.Tensor, b: torch.Tensor, gate_a: torch.Tensor | None = None,
                 gate_b: torch.Tensor | None = None) -> torch.Tensor:
     """Concatenate two complex maps along the complex channel axis: [a_r, b_r, a_i, b_i], each
@@ -603,7 +603,7 @@ def complex_cat(a: torch.Tensor, b: torch.Tensor, gate_a: torch.Tensor | None = 
     the gates are applied while copying (one pass over the maps instead of three)."""
     batch, freq, frames, _ = a.shape
     parts = [(a.view(batch, freq, frames, 2, -1), gate_a), (b.view(batch, freq, frames, 2, -1), gate_b)]
-    if torch.is_grad_enabled():
+    if _records_graph(a, b, gate_a, gate_b):
         return torch.cat([m if g is None else m * g.unflatten(-1, (2, -1)) for m, g in parts],
                          4).view(batch, freq, frames, -1)  # (B, F, T, 2(Ca + Cb))
     out = a.new_empty(batch, freq, frames, 2, sum(m.shape[-1] for m, _ in parts))
